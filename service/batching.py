@@ -1,0 +1,151 @@
+"""Adaptive batching: concurrent requests share one forward pass, with a bounded queue.
+
+While the model is busy, arriving images queue up; as soon as it is free, it takes everything
+waiting (up to max_batch_size) as the next batch. So a lone request runs at once as a batch of
+1 (no waiting window to pay), and under load the batch grows with the queue: the batch size
+adapts to the arrival rate by itself.
+
+The queue is bounded twice: by count (max_queue_size images waiting or running) and by time
+(the expected wait, from a running estimate of the per-image cost, must stay within
+max_latency_ms). Beyond either bound a request is refused at once with 503 and Retry-After, so
+overload never turns into hangs or timeouts, and every admitted request is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import ServiceError
+
+
+@dataclass
+class _Job:
+    tensor: torch.Tensor
+    future: asyncio.Future = field(repr=False)
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class BatchStats:
+    batch_size: int
+    inference_seconds: float
+    queue_seconds: list[float]
+
+
+class AdaptiveBatcher:
+    def __init__(
+        self,
+        infer: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        max_batch_size: int,
+        max_queue_size: int,
+        max_latency_ms: float,
+        enabled: bool = True,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ):
+        self._infer = infer
+        self.max_batch_size = max_batch_size if enabled else 1
+        self.max_queue_size = max_queue_size
+        self.max_latency_s = max_latency_ms / 1000.0
+        self._on_batch = on_batch
+        self._queue: deque[_Job] = deque()
+        self._running = 0  # images in the batch on the model right now
+        self._wakeup: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        # One thread owns the model: batches run one after another, never interleaved.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.seconds_per_image: float | None = None  # running estimate, for admission
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + self._running
+
+    def calibrate(self, seconds_per_image: float) -> None:
+        """Seed the cost estimate (from warm-up) so admission is right from the first request."""
+        self.seconds_per_image = seconds_per_image
+
+    def expected_wait(self, extra: int = 1) -> float:
+        if self.seconds_per_image is None:
+            return 0.0
+        return (self.pending + extra) * self.seconds_per_image
+
+    def check_admission(self, count: int = 1) -> None:
+        """Raise 503 if `count` more images would overflow the queue; cheap, call it early."""
+        if self.pending + count > self.max_queue_size or (
+            self.pending and self.expected_wait(count) > self.max_latency_s
+        ):
+            retry_after = max(1, math.ceil(self.expected_wait(0)))
+            raise ServiceError(
+                "overloaded",
+                f"server is at capacity ({self.pending} images queued); retry in {retry_after} s",
+                retry_after=retry_after,
+            )
+
+    async def submit(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Queue images for inference and wait for their probability rows, in order."""
+        self.check_admission(len(tensors))
+        self._ensure_worker()
+        loop = asyncio.get_running_loop()
+        jobs = [_Job(tensor, loop.create_future()) for tensor in tensors]
+        self._queue.extend(jobs)
+        self._wakeup.set()
+        return list(await asyncio.gather(*(job.future for job in jobs)))
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None or self._worker.done():
+            self._wakeup = asyncio.Event()
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            batch: list[_Job] = []
+            while self._queue and len(batch) < self.max_batch_size:
+                job = self._queue.popleft()
+                if not job.future.done():  # the client went away: skip its image
+                    batch.append(job)
+            if not batch:
+                continue
+            self._running = len(batch)
+            started = time.perf_counter()
+            try:
+                stacked = torch.stack([job.tensor for job in batch])
+                rows = await loop.run_in_executor(self._executor, self._infer, stacked)
+            except Exception as exc:  # noqa: BLE001 - delivered to each waiting request
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            finally:
+                self._running = 0
+            elapsed = time.perf_counter() - started
+            self._update_estimate(elapsed / len(batch))
+            for job, row in zip(batch, rows):
+                if not job.future.done():
+                    job.future.set_result(row)
+            if self._on_batch:
+                self._on_batch(
+                    BatchStats(len(batch), elapsed, [started - job.enqueued for job in batch])
+                )
+
+    def _update_estimate(self, seconds_per_image: float) -> None:
+        previous = self.seconds_per_image
+        self.seconds_per_image = (
+            seconds_per_image if previous is None else 0.8 * previous + 0.2 * seconds_per_image
+        )
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        self._executor.shutdown(wait=True, cancel_futures=True)

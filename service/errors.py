@@ -1,0 +1,60 @@
+"""Every error the API answers, as `{"error": {"code": ..., "message": ...}}` with its status."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from starlette.responses import JSONResponse
+
+# code -> HTTP status. The codes are part of the API: clients and the
+# `bento_fleet_rejected_inputs_total` metric both key on them.
+ERROR_STATUS: dict[str, int] = {
+    "empty_body": 400,
+    "missing_field": 400,
+    "invalid_field": 400,
+    "invalid_top_k": 400,
+    "not_an_image": 400,
+    "truncated_image": 400,
+    "too_many_images": 400,
+    "unsupported_format": 415,
+    "payload_too_large": 413,
+    "too_many_pixels": 413,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "overloaded": 503,
+    "not_ready": 503,
+    "internal_error": 500,
+}
+
+
+class ServiceError(Exception):
+    """An error meant for the client; `code` must be a key of ERROR_STATUS."""
+
+    def __init__(self, code: str, message: str, *, retry_after: int | None = None):
+        if code not in ERROR_STATUS:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def status(self) -> int:
+        return ERROR_STATUS[self.code]
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+    return JSONResponse(error_body(error.code, error.message), error.status, headers=headers)
+
+
+def code_for_status(status: int) -> str:
+    """A code for statuses raised by the framework itself (unknown route, wrong method)."""
+    for code, known in ERROR_STATUS.items():
+        if known == status:
+            return code
+    return HTTPStatus(status).phrase.lower().replace(" ", "_")

@@ -1,0 +1,133 @@
+"""The HTTP surface around the pipeline: the FastAPI app, its error mapping and its guards.
+
+Every failure leaves as `{"error": {"code", "message"}}`: our own ServiceErrors, FastAPI's
+validation errors (missing or malformed fields), unknown routes, and anything unexpected
+(logged with its traceback, answered as a 500 without internals).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import metrics
+from .errors import ServiceError, code_for_status, error_body, error_response
+
+log = logging.getLogger(__name__)
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+INFERENCE_PATHS = ("/classify", "/classify_batch")
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the image bytes
+
+
+def request_id_of(request: Request) -> str:
+    """The client's X-Request-ID when it is a sane token, else a fresh one."""
+    given = request.headers.get("x-request-id", "")
+    return given if REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def rejected(error: ServiceError) -> JSONResponse:
+    metrics.REJECTED.labels(code=error.code).inc()
+    return error_response(error)
+
+
+def validation_error(exc: RequestValidationError) -> ServiceError:
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
+    if field == "top_k":
+        return ServiceError("invalid_top_k", f"top_k: {first.get('msg', 'invalid')}")
+    if first.get("type") == "missing":
+        return ServiceError("missing_field", f"missing required field {field!r}")
+    return ServiceError("invalid_field", f"{field}: {first.get('msg', 'invalid value')}")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return rejected(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return rejected(validation_error(exc))
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        # FastAPI wraps errors raised while it parses the body (e.g. our size guard).
+        if isinstance(exc.__cause__, ServiceError):
+            return rejected(exc.__cause__)
+        if exc.status_code == 400:
+            error = ServiceError("invalid_field", f"malformed request body: {exc.detail}")
+            return rejected(error)
+        code = code_for_status(exc.status_code)
+        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        metrics.REJECTED.labels(code="internal_error").inc()
+        return JSONResponse(
+            error_body("internal_error", "unexpected server error; it has been logged"), 500
+        )
+
+
+class RequestGuard:
+    """ASGI middleware that refuses what must not reach the parser, before reading the body.
+
+    - an overloaded batcher: 503 + Retry-After at once, so excess load costs almost nothing;
+    - a declared or streamed body over the limit: 413, without buffering the rest;
+    - an empty body: 400 empty_body.
+    """
+
+    def __init__(self, app: ASGIApp, pipeline_getter, max_body_bytes: dict[str, int]):
+        self.app = app
+        self.pipeline_getter = pipeline_getter
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope["method"] != "POST" or path not in INFERENCE_PATHS:
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes[path]
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        try:
+            self.pipeline_getter().require_ready()
+            self.pipeline_getter().batcher.check_admission(1)
+            if declared is None and b"transfer-encoding" not in headers:
+                # HTTP/1.1: no length and no chunking means no body at all.
+                raise ServiceError("empty_body", "the request body is empty")
+            if declared is not None:
+                if not declared.isdigit():
+                    raise ServiceError("invalid_field", "Content-Length is not a number")
+                if int(declared) == 0:
+                    raise ServiceError("empty_body", "the request body is empty")
+                if int(declared) > limit:
+                    raise ServiceError(
+                        "payload_too_large",
+                        f"request body is {int(declared)} bytes; the limit is {limit}",
+                    )
+        except ServiceError as error:
+            await rejected(error)(scope, receive, send)
+            return
+
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise ServiceError(
+                        "payload_too_large", f"request body exceeds the limit of {limit} bytes"
+                    )
+            return message
+
+        await self.app(scope, counting_receive, send)

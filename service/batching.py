@@ -131,7 +131,7 @@ class AdaptiveBatcher:
                 self._running = 0
             elapsed = time.perf_counter() - started
             self._update_estimate(elapsed / len(batch))
-            for job, row in zip(batch, rows):
+            for job, row in zip(batch, rows, strict=True):
                 if not job.future.done():
                     job.future.set_result(row)
             if self._on_batch:

@@ -145,7 +145,7 @@ class Classifier:
         values, indices = probabilities.topk(min(k, len(self.labels)))
         top = [
             {"class_index": int(i), "label": self.labels[int(i)], "confidence": round(float(v), 6)}
-            for v, i in zip(values, indices)
+            for v, i in zip(values, indices, strict=True)
         ]
         return Prediction(top[0]["class_index"], top[0]["label"], top[0]["confidence"], top)
 

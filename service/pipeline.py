@@ -68,7 +68,7 @@ class ClassificationPipeline:
             self.batcher.calibrate(time.perf_counter() - started)
             self.classifier = classifier
             log.info("model %s ready on %s", classifier.name, classifier.device)
-        except Exception as exc:  # noqa: BLE001 - reported by /readyz and in the log
+        except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("model failed to load")
 
@@ -109,7 +109,7 @@ class ClassificationPipeline:
         metrics.QUEUE_DEPTH.set(self.batcher.pending)
         latency_ms = (time.perf_counter() - started) * 1000.0
         results = []
-        for (_, info), probabilities in zip(decoded, rows):
+        for (_, info), probabilities in zip(decoded, rows, strict=True):
             prediction = classifier.top_k(probabilities, top_k)
             self._observe_prediction(classifier, prediction, info, request_id, latency_ms)
             results.append(

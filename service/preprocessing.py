@@ -59,17 +59,19 @@ def decode_image(
         raise ServiceError("empty_body", "the image is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
-            # Pillow warns (not raises) between 1x and 2x its own pixel limit; ours is checked below.
+            # Pillow only warns between 1x and 2x its own pixel limit; ours is checked below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise ServiceError("too_many_pixels", f"image refused as a decompression bomb: {exc}")
+        raise ServiceError(
+            "too_many_pixels", f"image refused as a decompression bomb: {exc}"
+        ) from None
     except UnidentifiedImageError:
         raise ServiceError(
             "not_an_image",
             "the upload is not an image in a supported format "
             f"({', '.join(sorted(SUPPORTED_FORMATS - {'MPO'}))})",
-        )
+        ) from None
     if image.format not in SUPPORTED_FORMATS:
         raise ServiceError(
             "unsupported_format",
@@ -96,8 +98,10 @@ def decode_image(
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         if "truncated" in str(exc) or isinstance(exc, EOFError):
-            raise ServiceError("truncated_image", f"the {info.format} image is truncated")
-        raise ServiceError("not_an_image", f"the {info.format} image cannot be decoded: {exc}")
+            raise ServiceError("truncated_image", f"the {info.format} image is truncated") from exc
+        raise ServiceError(
+            "not_an_image", f"the {info.format} image cannot be decoded: {exc}"
+        ) from exc
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -117,6 +121,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         # Transparent pixels become white, as on a web page, rather than their hidden colour.
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, WHITE + (255,))
+        background = Image.new("RGBA", rgba.size, (*WHITE, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV

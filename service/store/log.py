@@ -115,6 +115,9 @@ class PredictionLog:
         self._spool_seq = 0
         self.written = 0
         self.spooled = 0
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
 
     # -- request path -------------------------------------------------------------------
     def record(self, record: PredictionRecord) -> None:
@@ -122,9 +125,6 @@ class PredictionLog:
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
-        if self.url.startswith("sqlite:///"):
-            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -179,9 +179,15 @@ class PredictionLog:
                 return batch
 
     def _flush(self, batch: list[PredictionRecord], final: bool = False) -> None:
-        if (final or time.monotonic() >= self._next_attempt) and self._database_ok():
-            if self._replay_spool() and (not batch or self._write(batch)):
-                return
+        retry_due = final or time.monotonic() >= self._next_attempt
+        # Spooled rows go first, so the database receives records in the order they were made.
+        if (
+            retry_due
+            and self._database_ok()
+            and self._replay_spool()
+            and (not batch or self._write(batch))
+        ):
+            return
         if batch:
             self._spool(batch)
 

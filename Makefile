@@ -1,0 +1,54 @@
+# bento-fleet: `make serve` runs the service, `make test` runs every test.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PORT   ?= 3000
+HOST   ?= 127.0.0.1
+RESULTS := var/test-results
+TIMED  := scripts/timed
+export BENTOML_DO_NOT_TRACK := True
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: venv serve build test test-deps lint unit integration bench clean
+
+# The venv is rebuilt only when the pinned requirements change.
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+serve: venv
+	$(BIN)/bentoml serve --host $(HOST) --port $(PORT)
+
+build: venv
+	$(BIN)/bentoml build
+
+# System packages the tests use as real parts (PostgreSQL); idempotent.
+test-deps:
+	scripts/install-test-deps.sh
+
+lint: venv
+	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench
+
+unit: venv
+	$(BIN)/pytest tests/unit --junitxml=$(RESULTS)/unit.xml
+
+integration: venv test-deps
+	$(BIN)/pytest tests/integration --junitxml=$(RESULTS)/integration.xml
+
+test:
+	@rm -rf $(RESULTS) && mkdir -p $(RESULTS)
+	@$(TIMED) "install (venv)" $(MAKE) --no-print-directory venv
+	@$(TIMED) "install (test deps)" $(MAKE) --no-print-directory test-deps
+	@$(TIMED) lint $(MAKE) --no-print-directory lint
+	@$(TIMED) "pytest unit" $(MAKE) --no-print-directory unit
+	@$(TIMED) "pytest integration" $(MAKE) --no-print-directory integration
+
+bench: venv
+	$(BIN)/python bench/benchmark.py
+
+clean:
+	rm -rf var bench/results .pytest_cache .ruff_cache

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the real servers the test suite runs against, from Debian's archive. Idempotent.
+set -euo pipefail
+need=()
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+if [ ${#need[@]} -eq 0 ]; then
+  echo "test deps: already installed"
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "test deps: need root to install ${need[*]} (apt-get)" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# The tests start their own throwaway clusters; the packaged one is not needed.
+systemctl disable --now postgresql >/dev/null 2>&1 || true
+echo "test deps: installed ${need[*]}"

@@ -1,0 +1,151 @@
+"""Helpers shared by the test suites: real photos, free ports, a real `bentoml serve` process,
+and a throwaway PostgreSQL cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import skimage
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+PHOTOS = Path(skimage.__file__).parent / "data"
+
+
+def photo(name: str) -> bytes:
+    return (PHOTOS / name).read_bytes()
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def jpeg_of(name: str, size: tuple[int, int] | None = None, quality: int = 90) -> bytes:
+    image = Image.open(PHOTOS / name).convert("RGB")
+    if size:
+        image = image.resize(size)
+    return encode(image, "JPEG", quality=quality)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServiceProcess:
+    """`bentoml serve` from the repository root as a real process on a loopback port."""
+
+    def __init__(self, state_dir: Path, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.state_dir = state_dir
+        self.env = {
+            **os.environ,
+            "BENTOML_DO_NOT_TRACK": "True",
+            "BENTOML_HOME": str(state_dir / "bentoml"),
+            "BENTO_FLEET_STATE_DIR": str(state_dir),
+            **(env or {}),
+        }
+        self.log_path = state_dir / "serve.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 120) -> ServiceProcess:
+        bentoml = Path(sys.executable).parent / "bentoml"
+        self.process = subprocess.Popen(
+            [str(bentoml), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=REPO,
+            env=self.env,
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(
+            f"service not ready in {timeout_s}s:\n{self.log_path.read_text()[-3000:]}"
+        )
+
+    def stop(self, timeout_s: float = 30) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        os.killpg(self.process.pid, signal.SIGTERM)  # graceful: BentoML runs shutdown hooks
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL server (Debian's packages) on a free loopback port."""
+
+    def __init__(self):
+        candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not candidates:
+            raise RuntimeError("PostgreSQL is not installed: run scripts/install-test-deps.sh")
+        self.bin = Path(candidates[-1]).parent
+        self.root = Path(tempfile.mkdtemp(prefix="bento-fleet-pg-"))
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        shutil.chown(self.root, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+
+    def _run(self, tool: str, *args: str) -> None:
+        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run(
+            [*as_postgres, str(self.bin / tool), *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=self.root,
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-w",
+            "-l",
+            str(self.root / "log"),
+            "start",
+        )
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def destroy(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)

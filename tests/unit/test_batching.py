@@ -1,0 +1,142 @@
+"""The adaptive batcher's logic, with a stand-in model (a function that records its batches)."""
+
+import asyncio
+import time
+
+import pytest
+import torch
+
+from service.batching import AdaptiveBatcher
+from service.errors import ServiceError
+
+
+class RecordingModel:
+    """Returns each input's first value, sleeping per batch like a real forward pass."""
+
+    def __init__(self, seconds_per_batch=0.05, fail=False):
+        self.batches: list[int] = []
+        self.seconds_per_batch = seconds_per_batch
+        self.fail = fail
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        self.batches.append(len(batch))
+        time.sleep(self.seconds_per_batch)
+        if self.fail:
+            raise RuntimeError("CUDA out of memory")
+        return batch[:, :1].clone()
+
+
+def items(n):
+    return [torch.full((2,), float(i)) for i in range(n)]
+
+
+def make(model, **kwargs):
+    options = {"max_batch_size": 8, "max_queue_size": 100, "max_latency_ms": 10_000}
+    return AdaptiveBatcher(model, **{**options, **kwargs})
+
+
+def test_lone_request_runs_at_once_as_batch_of_one():
+    model = RecordingModel(seconds_per_batch=0)
+
+    async def scenario():
+        started = time.perf_counter()
+        (row,) = await make(model).submit(items(1))
+        return row, time.perf_counter() - started
+
+    row, elapsed = asyncio.run(scenario())
+    assert model.batches == [1] and float(row[0]) == 0.0
+    assert elapsed < 0.5  # no batching window is waited for
+
+
+def test_concurrent_requests_share_batches_and_keep_their_answers():
+    model = RecordingModel()
+
+    async def scenario():
+        batcher = make(model)
+        return await asyncio.gather(*(batcher.submit([t]) for t in items(20)))
+
+    answers = asyncio.run(scenario())
+    assert [float(rows[0][0]) for rows in answers] == [float(i) for i in range(20)]
+    assert sum(model.batches) == 20
+    assert max(model.batches) == 8  # capped at max_batch_size
+    assert len(model.batches) < 20
+
+
+def test_multi_image_submission_keeps_input_order():
+    async def scenario():
+        return await make(RecordingModel(0)).submit(items(13))
+
+    assert [float(row[0]) for row in asyncio.run(scenario())] == [float(i) for i in range(13)]
+
+
+def test_disabled_batching_runs_one_image_per_pass():
+    model = RecordingModel(0.01)
+
+    async def scenario():
+        batcher = make(model, enabled=False)
+        await asyncio.gather(*(batcher.submit([t]) for t in items(6)))
+
+    asyncio.run(scenario())
+    assert model.batches == [1] * 6
+
+
+def test_full_queue_refuses_at_once_with_retry_after():
+    async def scenario():
+        batcher = make(RecordingModel(0.2), max_queue_size=4)
+        admitted = [asyncio.ensure_future(batcher.submit([t])) for t in items(4)]
+        await asyncio.sleep(0)
+        with pytest.raises(ServiceError) as caught:
+            await batcher.submit(items(1))
+        answers = await asyncio.gather(*admitted)
+        return caught.value, answers
+
+    error, answers = asyncio.run(scenario())
+    assert (error.code, error.status) == ("overloaded", 503)
+    assert error.retry_after >= 1
+    assert len(answers) == 4  # every admitted request is still answered
+
+
+def test_expected_wait_beyond_max_latency_is_refused():
+    async def scenario():
+        batcher = make(RecordingModel(0.3), max_latency_ms=100)
+        batcher.calibrate(0.3)
+        first = asyncio.ensure_future(batcher.submit(items(1)))
+        await asyncio.sleep(0)
+        with pytest.raises(ServiceError, match="capacity"):
+            await batcher.submit(items(1))
+        await first
+
+    asyncio.run(scenario())
+
+
+def test_model_failure_reaches_every_request_of_the_batch_and_the_batcher_goes_on():
+    model = RecordingModel(0.01, fail=True)
+
+    async def scenario():
+        batcher = make(model)
+        results = await asyncio.gather(
+            *(batcher.submit([t]) for t in items(3)), return_exceptions=True
+        )
+        model.fail = False
+        return results, await batcher.submit(items(1))
+
+    results, after = asyncio.run(scenario())
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert len(after) == 1
+
+
+def test_cancelled_requests_are_skipped():
+    model = RecordingModel(0.1)
+
+    async def scenario():
+        batcher = make(model)
+        first = asyncio.ensure_future(batcher.submit(items(1)))
+        await asyncio.sleep(0.01)
+        doomed = asyncio.ensure_future(batcher.submit(items(1)))
+        await asyncio.sleep(0)
+        doomed.cancel()
+        await first
+        await batcher.submit(items(1))
+
+    asyncio.run(scenario())
+    assert sum(model.batches) == 2  # the cancelled image never reached the model

@@ -1,0 +1,87 @@
+"""The classifier in-process: the embedded default, a torchvision architecture, the model card."""
+
+import pytest
+import torch
+import torchvision
+from support import photo
+
+from service.model import Classifier
+from service.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def default_classifier():
+    classifier = Classifier(Settings(device="cpu"))
+    classifier.warm_up((1,))
+    return classifier
+
+
+def classify(classifier, name):
+    tensor, _ = classifier.preprocessor(photo(name))
+    return classifier.top_k(classifier.infer(tensor[None])[0], 5)
+
+
+def test_embedded_default_recognises_real_photos(default_classifier):
+    coffee = classify(default_classifier, "coffee.png")
+    assert coffee.label == "espresso" and coffee.confidence > 0.8
+    assert classify(default_classifier, "rocket.jpg").label in ("missile", "projectile")
+    cat = classify(default_classifier, "chelsea.png")
+    assert any("cat" in item["label"] for item in cat.top_k[:2])
+
+
+def test_batch_rows_match_single_image_rows(default_classifier):
+    tensors = [default_classifier.preprocessor(photo(n))[0] for n in ("coffee.png", "rocket.jpg")]
+    batch = default_classifier.infer(torch.stack(tensors))
+    single = default_classifier.infer(tensors[1][None])
+    assert torch.allclose(batch[1], single[0], atol=1e-4)
+    assert torch.allclose(batch.sum(dim=1), torch.ones(2), atol=1e-4)
+
+
+def test_model_card(default_classifier):
+    card = default_classifier.card()
+    assert card["architecture"] == "efficientnet_lite0"
+    assert card["num_classes"] == len(card["classes"]) == 1000
+    assert len(card["weights_sha256"]) == 64
+    assert (card["device"], card["dtype"]) == ("cpu", "float32")
+    assert 4_000_000 < card["parameters"] < 6_000_000
+    assert card["preprocessing"]["mean"] == [127.0] * 3  # EfficientNet-Lite's own, not ImageNet's
+    assert default_classifier.ready
+
+
+def test_torchvision_architecture_with_local_weights_and_labels(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nbird\n")
+    weights = tmp_path / "resnet18.pt"
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), weights)
+    settings = Settings(
+        device="cpu",
+        model={"architecture": "resnet18", "weights_path": weights, "labels_path": labels},
+    )
+    classifier = Classifier(settings)
+    tensor, _ = classifier.preprocessor(photo("coffee.png"))
+    prediction = classifier.top_k(classifier.infer(tensor[None])[0], 5)
+    assert prediction.label in ("cat", "dog", "bird") and len(prediction.top_k) == 3
+    assert classifier.card()["preprocessing"]["mean"] == [123.675, 116.28, 103.53]
+
+
+def test_unknown_architecture_is_refused(tmp_path):
+    weights = tmp_path / "w.pt"
+    torch.save({}, weights)
+    settings = Settings(device="cpu", model={"architecture": "alexnetx", "weights_path": weights})
+    with pytest.raises(ValueError, match="alexnetx"):
+        Classifier(settings)
+
+
+def test_weights_for_another_shape_are_refused(tmp_path):
+    weights = tmp_path / "w.pt"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), weights)
+    settings = Settings(device="cpu", model={"architecture": "resnet18", "weights_path": weights})
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        Classifier(settings)
+
+
+def test_cuda_requested_without_a_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this host has a GPU: the CPU-only refusal cannot be observed")
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        Classifier(Settings(device="cuda"))

@@ -1,0 +1,127 @@
+"""The prediction log on SQLite: batched writes, spooling while the database fails, replay."""
+
+import time
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+import service.store.log as store_log
+from service.store import PredictionLog, PredictionRecord
+
+
+def record(i: int) -> PredictionRecord:
+    return PredictionRecord(
+        request_id=f"req-{i}",
+        model_name="m",
+        model_version="1",
+        class_index=i,
+        label=f"class {i}",
+        confidence=0.5,
+        latency_ms=12.5,
+        image_width=320,
+        image_height=240,
+        image_bytes=1000 + i,
+    )
+
+
+def rows(db) -> list[str]:
+    with create_engine(f"sqlite:///{db}").connect() as conn:
+        return [r[0] for r in conn.execute(text("SELECT request_id FROM predictions"))]
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def make_log(tmp_path):
+    logs = []
+
+    def factory(**kwargs):
+        options = {"flush_interval_s": 0.05, "retry_interval_s": 0.1}
+        log = PredictionLog(
+            f"sqlite:///{tmp_path}/db/p.db", tmp_path / "spool", **{**options, **kwargs}
+        )
+        logs.append(log)
+        return log
+
+    yield factory
+    for log in logs:
+        log.close(timeout_s=2)
+
+
+def test_records_are_migrated_and_written(make_log, tmp_path):
+    log = make_log()
+    log.start()
+    for i in range(25):
+        log.record(record(i))
+    assert wait_for(lambda: log.written == 25)
+    assert sorted(rows(tmp_path / "db/p.db")) == sorted(f"req-{i}" for i in range(25))
+    with create_engine(f"sqlite:///{tmp_path}/db/p.db").connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+
+
+class FlakyInsert:
+    """Fails while `down` is set, like a stopped database; then passes through."""
+
+    def __init__(self):
+        self.down = True
+        self.real = store_log.insert_ignoring_duplicates
+
+    def __call__(self, engine, records):
+        if self.down:
+            raise OperationalError("INSERT", {}, Exception("connection refused"))
+        return self.real(engine, records)
+
+
+def test_failed_batches_are_spooled_then_replayed_without_loss(make_log, tmp_path, monkeypatch):
+    flaky = FlakyInsert()
+    monkeypatch.setattr(store_log, "insert_ignoring_duplicates", flaky)
+    log = make_log()
+    log.start()
+    for i in range(30):
+        log.record(record(i))
+    assert wait_for(lambda: log.spooled == 30)
+    assert log.pending == 30 and list((tmp_path / "spool").glob("*.jsonl"))
+    flaky.down = False
+    assert wait_for(lambda: log.pending == 0)
+    assert sorted(rows(tmp_path / "db/p.db")) == sorted(f"req-{i}" for i in range(30))
+
+
+def test_replaying_a_file_twice_inserts_each_row_once(make_log, tmp_path):
+    log = make_log()
+    batch = [record(i) for i in range(5)]
+    log._spool(batch)
+    log._spool(batch)  # e.g. a crash after the insert, before the spool file was removed
+    log.start()
+    assert wait_for(lambda: log.pending == 0)
+    assert sorted(rows(tmp_path / "db/p.db")) == [f"req-{i}" for i in range(5)]
+
+
+def test_close_spools_what_the_database_did_not_take_and_a_restart_replays_it(
+    make_log, tmp_path, monkeypatch
+):
+    flaky = FlakyInsert()
+    monkeypatch.setattr(store_log, "insert_ignoring_duplicates", flaky)
+    log = make_log(flush_interval_s=60)  # nothing flushes before close()
+    log.start()
+    for i in range(7):
+        log.record(record(i))
+    log.close()
+    assert log.spooled == 7
+    flaky.down = False
+    restarted = make_log()
+    restarted.start()
+    assert wait_for(lambda: restarted.pending == 0)
+    assert len(rows(tmp_path / "db/p.db")) == 7
+
+
+def test_spool_round_trip_keeps_every_field():
+    original = record(3)
+    assert PredictionRecord.from_json(original.to_json()) == original

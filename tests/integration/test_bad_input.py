@@ -1,0 +1,117 @@
+"""Every kind of bad input gets its JSON error and status, and the server keeps serving."""
+
+import httpx
+import pytest
+from PIL import Image
+from support import encode, photo
+
+TEN_MB = 10 * 1024 * 1024
+
+
+def post(service, path="/classify", **kwargs):
+    return httpx.post(service.url + path, timeout=60, **kwargs)
+
+
+def tiny_png() -> bytes:
+    return encode(Image.new("RGB", (4, 4)), "PNG")
+
+
+CASES = {
+    "no body": ({"content": b""}, 400, "empty_body"),
+    "empty image": ({"files": {"image": ("a.png", b"")}}, 400, "empty_body"),
+    "not an image": ({"files": {"image": ("a.png", b"%PDF-1.4 hello")}}, 400, "not_an_image"),
+    "truncated": (
+        {"files": {"image": ("a.jpg", photo("rocket.jpg")[:6000])}},
+        400,
+        "truncated_image",
+    ),
+    "unsupported format": (
+        {"files": {"image": ("a.ico", encode(Image.new("RGB", (16, 16)), "ICO"))}},
+        415,
+        "unsupported_format",
+    ),
+    "too many bytes": (
+        {"files": {"image": ("a.png", b"\x89PNG" + b"0" * (TEN_MB + 1))}},
+        413,
+        "payload_too_large",
+    ),
+    "too many pixels": (
+        {"files": {"image": ("a.png", encode(Image.new("1", (8000, 6000)), "PNG"))}},
+        413,
+        "too_many_pixels",
+    ),
+    "decompression bomb": (
+        {"files": {"image": ("a.png", encode(Image.new("1", (20000, 10000)), "PNG"))}},
+        413,
+        "too_many_pixels",
+    ),
+    "missing field": ({"files": {"picture": ("a.png", tiny_png())}}, 400, "missing_field"),
+    "image as text": ({"data": {"image": "not a file"}, "files": {"x": ("x", b"x")}}, 400, None),
+    "json body": ({"json": {"image": "aGVsbG8="}}, 400, "missing_field"),
+    "top_k zero": (
+        {"files": {"image": ("a.png", tiny_png())}, "data": {"top_k": "0"}},
+        400,
+        "invalid_top_k",
+    ),
+    "top_k too big": (
+        {"files": {"image": ("a.png", tiny_png())}, "data": {"top_k": "21"}},
+        400,
+        "invalid_top_k",
+    ),
+    "top_k not a number": (
+        {"files": {"image": ("a.png", tiny_png())}, "data": {"top_k": "five"}},
+        400,
+        "invalid_top_k",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_gets_a_json_error(service, case):
+    kwargs, status, code = CASES[case]
+    response = post(service, **kwargs)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"]
+    if code:
+        assert error["code"] == code
+    # ... and the server answers normally right after
+    assert post(service, files={"image": ("c.png", photo("coffee.png"))}).status_code == 200
+
+
+def test_streamed_body_over_the_limit_is_cut_off(service):
+    def chunks():
+        yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        for _ in range(12):
+            yield b"0" * (1024 * 1024)
+
+    response = post(
+        service, content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=b"}
+    )
+    assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_too_many_images_in_a_batch(service):
+    files = [("images", (f"{i}.png", tiny_png())) for i in range(65)]
+    response = post(service, "/classify_batch", files=files)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "too_many_images"
+    assert "65" in response.json()["error"]["message"]
+
+
+def test_one_bad_image_in_a_batch_is_named(service):
+    files = [("images", ("a.png", tiny_png())), ("images", ("b.png", b"nope"))]
+    response = post(service, "/classify_batch", files=files)
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith("images[1]:")
+
+
+def test_rejections_are_counted_by_code(service):
+    post(service, files={"image": ("a.png", b"garbage")})
+    metrics = httpx.get(service.url + "/metrics", timeout=10).text
+    line = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith('bento_fleet_rejected_inputs_total{code="not_an_image"}')
+    )
+    assert float(line.split()[-1]) >= 1

@@ -1,0 +1,101 @@
+"""The service against a real PostgreSQL that is stopped and restarted under it, plus overload.
+
+The database going away must neither slow nor fail requests, nor lose a single record.
+"""
+
+import concurrent.futures
+import time
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+from support import ServiceProcess, jpeg_of
+
+IMAGE = jpeg_of("coffee.png", (320, 240))
+
+
+def classify(url: str) -> httpx.Response:
+    return httpx.post(url + "/classify", files={"image": ("c.jpg", IMAGE)}, timeout=60)
+
+
+def logged_ids(postgres) -> set[str]:
+    engine = create_engine(postgres.url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as conn:
+            return {r[0] for r in conn.execute(text("SELECT request_id FROM predictions"))}
+    finally:
+        engine.dispose()
+
+
+def wait_for_ids(postgres, expected: set[str], timeout=60.0) -> set[str]:
+    deadline = time.monotonic() + timeout
+    found: set[str] = set()
+    while time.monotonic() < deadline:
+        found = logged_ids(postgres)
+        if expected <= found:
+            break
+        time.sleep(0.5)
+    return found
+
+
+@pytest.fixture
+def pg_service(postgres, tmp_path):
+    server = ServiceProcess(
+        tmp_path,
+        {
+            "BENTO_FLEET_DATABASE__URL": postgres.url,
+            "BENTO_FLEET_DATABASE__RETRY_INTERVAL_S": "0.5",
+            "BENTO_FLEET_DATABASE__FLUSH_INTERVAL_S": "0.2",
+            "BENTO_FLEET_BATCHING__MAX_QUEUE_SIZE": "4",
+        },
+    ).start()
+    yield server
+    server.stop()
+
+
+def test_predictions_reach_postgres_and_survive_an_outage(postgres, pg_service):
+    before = {classify(pg_service.url).json()["request_id"] for _ in range(5)}
+    assert before <= wait_for_ids(postgres, before), "rows never reached PostgreSQL"
+
+    postgres.stop()
+    during = []
+    for _ in range(8):
+        response = classify(pg_service.url)
+        assert response.status_code == 200, response.text  # requests don't fail...
+        during.append(response.json()["request_id"])
+    assert len(list((pg_service.state_dir / "spool").glob("*.jsonl"))) >= 1  # ...they spool
+
+    postgres.start()
+    everything = before | set(during)
+    assert everything <= wait_for_ids(postgres, everything), "spooled rows were lost"
+    assert not list((pg_service.state_dir / "spool").glob("*.jsonl"))
+
+
+def test_graceful_shutdown_keeps_unwritten_records_for_the_next_start(postgres, pg_service):
+    postgres.stop()
+    ids = {classify(pg_service.url).json()["request_id"] for _ in range(4)}
+    assert pg_service.stop() == 0
+    assert list((pg_service.state_dir / "spool").glob("*.jsonl")), "shutdown lost the queue"
+    postgres.start()
+    restarted = ServiceProcess(pg_service.state_dir, {"BENTO_FLEET_DATABASE__URL": postgres.url})
+    restarted.start()
+    try:
+        assert ids <= wait_for_ids(postgres, ids), "spool was not replayed after restart"
+    finally:
+        restarted.stop()
+
+
+def test_overload_gets_fast_503_with_retry_after_and_admitted_requests_are_answered(pg_service):
+    with concurrent.futures.ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(lambda _: classify(pg_service.url), range(48)))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses.count(503) > 0, "a queue of 4 never overflowed under 24 clients"
+    assert statuses.count(200) >= 4
+    for response in responses:
+        if response.status_code == 503:
+            assert int(response.headers["retry-after"]) >= 1
+            assert response.json()["error"]["code"] == "overloaded"
+        else:
+            assert response.json()["label"] == "espresso"
+    assert classify(pg_service.url).status_code == 200  # and it recovers at once

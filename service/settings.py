@@ -61,14 +61,18 @@ class ModelSettings(BaseModel):
 class BatchingSettings(BaseModel):
     max_batch_size: int = Field(32, ge=1, le=512)
     max_latency_ms: float = Field(
-        1000.0,
+        2000.0,
         gt=0,
         description="Longest a request may wait in the queue; beyond it new requests get 503",
     )
     max_queue_size: int = Field(
-        96, ge=1, description="Images waiting or running at most; beyond it a fast 503"
+        48, ge=1, description="Images waiting or running at most; beyond it a fast 503"
     )
     enabled: bool = Field(True, description="False runs every image as its own batch of 1")
+    calibrate: bool = Field(
+        True,
+        description="At start, time each batch size and cap batches at the fastest per image",
+    )
 
 
 class LimitSettings(BaseModel):

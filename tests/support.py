@@ -50,7 +50,15 @@ def free_port() -> int:
 class ServiceProcess:
     """`bentoml serve` from the repository root as a real process on a loopback port."""
 
-    def __init__(self, state_dir: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        state_dir: Path,
+        env: dict[str, str] | None = None,
+        target: str | None = None,
+        cwd: Path = REPO,
+    ):
+        self.target = [target] if target else []  # a Bento tag; default: bentofile.yaml in cwd
+        self.cwd = cwd
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state_dir = state_dir
@@ -67,8 +75,8 @@ class ServiceProcess:
     def start(self, timeout_s: float = 120) -> ServiceProcess:
         bentoml = Path(sys.executable).parent / "bentoml"
         self.process = subprocess.Popen(
-            [str(bentoml), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=REPO,
+            [str(bentoml), "serve", *self.target, "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=self.cwd,
             env=self.env,
             stdout=self.log_path.open("ab"),
             stderr=subprocess.STDOUT,

@@ -46,6 +46,7 @@ class ClassificationPipeline:
             flush_batch_size=settings.database.flush_batch_size,
             retry_interval_s=settings.database.retry_interval_s,
             connect_timeout_s=settings.database.connect_timeout_s,
+            on_pending=metrics.PREDICTION_LOG_PENDING.set,
         )
         self.batch_profile: dict[int, float] = {}
 

@@ -18,6 +18,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,6 +101,7 @@ class PredictionLog:
         flush_batch_size: int = 500,
         retry_interval_s: float = 2.0,
         connect_timeout_s: int = 3,
+        on_pending: Callable[[int], None] | None = None,
     ):
         self.url = url
         self.spool_dir = Path(spool_dir)
@@ -115,9 +117,11 @@ class PredictionLog:
         self._spool_seq = 0
         self.written = 0
         self.spooled = 0
+        self._on_pending = on_pending  # told the backlog after every flush (a metric)
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self._spooled_rows = self._count_spooled_rows()  # left over from an earlier run
 
     # -- request path -------------------------------------------------------------------
     def record(self, record: PredictionRecord) -> None:
@@ -138,9 +142,10 @@ class PredictionLog:
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize() + self.spooled_rows()
+        """Records not yet in the database: queued in memory or spooled on disk."""
+        return self._queue.qsize() + self._spooled_rows
 
-    def spooled_rows(self) -> int:
+    def _count_spooled_rows(self) -> int:
         total = 0
         for path in self._spool_files():
             try:
@@ -155,6 +160,8 @@ class PredictionLog:
         while not self._stop.is_set():
             batch = self._collect()
             self._flush(batch)
+            if self._on_pending:
+                self._on_pending(self.pending)
         # close() drains whatever is left after the join.
 
     def _collect(self) -> list[PredictionRecord]:
@@ -230,6 +237,7 @@ class PredictionLog:
             os.fsync(fh.fileno())
         tmp.rename(self.spool_dir / f"{name}.jsonl")  # atomic: replay never sees half a file
         self.spooled += len(batch)
+        self._spooled_rows += len(batch)
 
     def _replay_spool(self) -> bool:
         """Insert spooled files oldest first; False if the database failed on the way."""
@@ -241,5 +249,6 @@ class PredictionLog:
             if records and not self._write(records):
                 return False
             path.unlink(missing_ok=True)
+            self._spooled_rows = max(0, self._spooled_rows - len(records))
             log.info("prediction log: replayed %d spooled records from %s", len(records), path)
         return True

@@ -117,6 +117,7 @@ def test_close_spools_what_the_database_did_not_take_and_a_restart_replays_it(
     assert log.spooled == 7
     flaky.down = False
     restarted = make_log()
+    assert restarted.pending == 7  # found the spool left by the earlier run
     restarted.start()
     assert wait_for(lambda: restarted.pending == 0)
     assert len(rows(tmp_path / "db/p.db")) == 7

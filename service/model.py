@@ -133,18 +133,15 @@ class Classifier:
             self.infer(torch.zeros(batch_size, 3, size, size))
         self.ready = True
 
-    def profile_batch_sizes(self, largest: int, rounds: int = 3) -> dict[int, float]:
-        """Seconds per image at each power-of-two batch size up to `largest` (median of rounds).
+    def profile_batch_sizes(self, sizes: list[int], rounds: int = 3) -> dict[int, float]:
+        """Seconds per image at each batch size (median of rounds); warms each shape too.
 
         Bigger is not always faster: on a 2-core CPU EfficientNet-Lite0 runs fastest per image
         at batch 1-4 (activations of larger batches spill out of cache), on a GPU at the largest.
         """
         size = self.preprocessor.input_size
-        sizes = sorted(
-            {1 << i for i in range(largest.bit_length()) if 1 << i <= largest} | {largest}
-        )
         profile = {}
-        for batch_size in sizes:
+        for batch_size in sorted(set(sizes)):
             batch = torch.zeros(batch_size, 3, size, size)
             self.infer(batch)  # the first run of a shape pays for lazy initialisation
             timings = []

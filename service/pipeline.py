@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from . import metrics
-from .batching import AdaptiveBatcher, BatchStats
+from .batching import AdaptiveBatcher, BatchStats, choose_batch_cap
 from .errors import ServiceError
 from .model import Classifier
 from .preprocessing import DecodedInfo
@@ -72,19 +72,16 @@ class ClassificationPipeline:
     def _calibrate(self, classifier: Classifier) -> None:
         """Warm every batch size we may run and cap batches at the fastest per image.
 
-        The cap is the largest size within 5% of the best throughput: as fast, and it drains
-        bursts in fewer passes. The measured cost also seeds the queue's admission estimate.
+        See choose_batch_cap. The measured cost also seeds the queue's admission estimate.
         """
         batching = self.settings.batching
         largest = self.batcher.max_batch_size
-        if not (batching.enabled and batching.calibrate):
-            self.batch_profile = classifier.profile_batch_sizes(1, rounds=1)
+        if batching.enabled and batching.calibrate:
+            powers_of_two = [1 << i for i in range(largest.bit_length())]
+            self.batch_profile = classifier.profile_batch_sizes([*powers_of_two, largest])
+            self.batcher.max_batch_size = choose_batch_cap(self.batch_profile)
         else:
-            self.batch_profile = classifier.profile_batch_sizes(largest)
-            best = min(self.batch_profile.values())
-            self.batcher.max_batch_size = max(
-                size for size, cost in self.batch_profile.items() if cost <= best * 1.05
-            )
+            self.batch_profile = classifier.profile_batch_sizes([1, largest])
         self.batcher.calibrate(self.batch_profile[self.batcher.max_batch_size])
         log.info(
             "batch profile (ms/image): %s -> max batch %d",

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from service.batching import AdaptiveBatcher
+from service.batching import AdaptiveBatcher, choose_batch_cap
 from service.errors import ServiceError
 
 
@@ -138,3 +138,11 @@ def test_cancelled_requests_are_skipped():
 
     asyncio.run(scenario())
     assert sum(model.batches) == 2  # the cancelled image never reached the model
+
+
+def test_batch_cap_is_the_largest_size_about_as_fast_as_the_best():
+    cpu = {1: 0.029, 2: 0.035, 4: 0.0305, 8: 0.040, 16: 0.046, 32: 0.070}
+    assert choose_batch_cap(cpu) == 4  # within 10% of batch 1, and drains bursts faster
+    gpu = {1: 0.004, 2: 0.002, 4: 0.001, 8: 0.0005, 16: 0.00026, 32: 0.00025}
+    assert choose_batch_cap(gpu) == 32
+    assert choose_batch_cap({1: 0.01, 2: 0.02}) == 1

@@ -9,7 +9,9 @@ TIMED  := scripts/timed
 export BENTOML_DO_NOT_TRACK := True
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv serve build test test-deps lint unit integration bench clean
+MOLECULE_SCENARIOS ?= data
+
+.PHONY: venv serve build test test-deps lint unit integration molecule-host molecule bench clean
 
 # The venv is rebuilt only when the pinned requirements change.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -30,8 +32,10 @@ test-deps:
 	scripts/install-test-deps.sh
 
 lint: venv
-	$(BIN)/ruff check service tests bench
-	$(BIN)/ruff format --check service tests bench
+	$(BIN)/ruff check service tests bench molecule
+	$(BIN)/ruff format --check service tests bench molecule
+	$(BIN)/yamllint --strict .
+	$(BIN)/ansible-lint --profile production
 
 unit: venv
 	$(BIN)/pytest tests/unit --junitxml=$(RESULTS)/unit.xml
@@ -39,13 +43,26 @@ unit: venv
 integration: venv test-deps
 	$(BIN)/pytest tests/integration --junitxml=$(RESULTS)/integration.xml
 
+# Podman, its settings and the instance image built from Debian's archive; idempotent, root.
+molecule-host:
+	scripts/prepare-molecule-host.sh
+
+# One `molecule test` per scenario (create, converge, idempotence, check mode, Testinfra
+# verify, destroy); each writes its JUnit XML to $(RESULTS)/molecule-NAME.xml.
+molecule: venv molecule-host
+	@for scenario in $(MOLECULE_SCENARIOS); do \
+	  $(TIMED) "molecule $$scenario" $(BIN)/molecule test -s $$scenario || exit 1; \
+	done
+
 test:
 	@rm -rf $(RESULTS) && mkdir -p $(RESULTS)
 	@$(TIMED) "install (venv)" $(MAKE) --no-print-directory venv
 	@$(TIMED) "install (test deps)" $(MAKE) --no-print-directory test-deps
+	@$(TIMED) "install (molecule host)" $(MAKE) --no-print-directory molecule-host
 	@$(TIMED) lint $(MAKE) --no-print-directory lint
 	@$(TIMED) "pytest unit" $(MAKE) --no-print-directory unit
 	@$(TIMED) "pytest integration" $(MAKE) --no-print-directory integration
+	@$(MAKE) --no-print-directory molecule
 
 bench: venv
 	$(BIN)/python bench/benchmark.py

@@ -1,12 +1,16 @@
 """The data tier as a user meets it: who can log in, what the firewall lets through, and
 whether the backups really restore."""
 
+import os
 import shlex
+import subprocess
+from pathlib import Path
 
 import pytest
 import testinfra
 
 PASSWORD = "test-only-password-0123"
+REPO = Path(__file__).resolve().parents[3]
 db = testinfra.get_host("podman://data-db")
 app = testinfra.get_host("podman://data-app")
 outsider = testinfra.get_host("podman://data-outsider")
@@ -111,3 +115,32 @@ def test_restore_check_fails_loudly_on_a_corrupted_dump(backup):
     result = db.run(f"runuser -u postgres -- bento-fleet-pg-restore-check {broken}")
     assert result.rc != 0 and "checksum mismatch" in result.stderr
     db.run(f"rm -f {broken} {broken}.sha256 {broken}.sha256.orig")
+
+
+def run_playbook(name: str, *extra: str) -> subprocess.CompletedProcess:
+    """Runs one of the repository's playbooks over this scenario's inventory, as a user would."""
+    return subprocess.run(
+        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], name, *extra],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ANSIBLE_ROLES_PATH": str(REPO / "roles")},
+    )
+
+
+def test_restore_playbook_refuses_without_confirmation(backup):
+    result = run_playbook("playbooks/restore.yml", "-e", f"restore_dump={backup}")
+    assert result.returncode != 0
+    assert "restore_confirm=yes" in result.stdout + result.stderr
+
+
+def test_backup_and_restore_playbooks_bring_back_lost_rows(backup):
+    made = run_playbook("playbooks/backup.yml")
+    assert made.returncode == 0, made.stdout[-2000:]
+    newest = db.check_output("ls -t /var/backups/postgresql/predictions-*.dump | head -1")
+    assert psql(app, "DELETE FROM probe").rc == 0  # the accident
+    restored = run_playbook(
+        "playbooks/restore.yml", "-e", f"restore_dump={newest}", "-e", "restore_confirm=yes"
+    )
+    assert restored.returncode == 0, restored.stdout[-2000:]
+    assert psql(app, "SELECT note FROM probe WHERE id = 1").stdout.strip() == "survives the backup"

@@ -9,7 +9,7 @@ TIMED  := scripts/timed
 export BENTOML_DO_NOT_TRACK := True
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-MOLECULE_SCENARIOS ?= data
+MOLECULE_SCENARIOS ?= data edge
 
 .PHONY: venv serve build test test-deps lint unit integration molecule-host molecule bench clean
 

@@ -71,6 +71,21 @@ def test_firewall_denies_by_default_and_limits_ssh():
     assert len(rules) == 1 and address(app) in rules[0]
 
 
+def can_connect(host, port: int) -> bool:
+    return host.run(f"timeout 5 bash -c '</dev/tcp/data-db/{port}'").rc == 0
+
+
+def test_exporter_port_answers_the_monitoring_host_only():
+    # A listener on the node exporter's port stands in for the exporter (the monitoring role).
+    db.check_output("systemd-run --unit=exporter-standin python3 -m http.server 9100")
+    try:
+        db.run("sleep 1")
+        assert can_connect(outsider, 9100)  # plays the monitoring host in this scenario
+        assert not can_connect(app, 9100)
+    finally:
+        db.run("systemctl stop exporter-standin")
+
+
 def test_nightly_backup_timer_is_active():
     timer = db.service("bento-fleet-pg-backup.timer")
     assert timer.is_enabled and timer.is_running

@@ -1,16 +1,13 @@
 """The data tier as a user meets it: who can log in, what the firewall lets through, and
 whether the backups really restore."""
 
-import os
 import shlex
-import subprocess
-from pathlib import Path
 
 import pytest
 import testinfra
+from playbook_runner import run_playbook
 
 PASSWORD = "test-only-password-0123"
-REPO = Path(__file__).resolve().parents[3]
 db = testinfra.get_host("podman://data-db")
 app = testinfra.get_host("podman://data-app")
 outsider = testinfra.get_host("podman://data-outsider")
@@ -130,17 +127,6 @@ def test_restore_check_fails_loudly_on_a_corrupted_dump(backup):
     result = db.run(f"runuser -u postgres -- bento-fleet-pg-restore-check {broken}")
     assert result.rc != 0 and "checksum mismatch" in result.stderr
     db.run(f"rm -f {broken} {broken}.sha256 {broken}.sha256.orig")
-
-
-def run_playbook(name: str, *extra: str) -> subprocess.CompletedProcess:
-    """Runs one of the repository's playbooks over this scenario's inventory, as a user would."""
-    return subprocess.run(
-        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], name, *extra],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "ANSIBLE_ROLES_PATH": str(REPO / "roles")},
-    )
 
 
 def test_restore_playbook_refuses_without_confirmation(backup):

@@ -1,0 +1,70 @@
+"""The NVIDIA driver role on an inference host without a GPU: a safe no-op that says so, and,
+forced in check mode, the repository and packages it would install, changing nothing."""
+
+import json
+
+import pytest
+import testinfra
+from playbook_runner import run_playbook
+
+app = testinfra.get_host("podman://data-app")
+BLACKLIST = "/etc/modprobe.d/blacklist-nouveau.conf"
+
+
+def run_role(*extra: str):
+    return run_playbook(
+        "playbooks/inference.yml", "--limit", "data-app", "--tags", "nvidia_driver", *extra
+    )
+
+
+def forced_check(**settings):
+    result = run_role("--check", "-e", json.dumps({"nvidia_driver_force": True, **settings}))
+    return result, result.stdout + result.stderr
+
+
+def assert_host_untouched():
+    assert not app.file(BLACKLIST).exists
+    installed = app.run("dpkg -l 'nvidia-*' 'cuda-*' 2>/dev/null | grep -c '^ii'").stdout
+    assert installed.strip() == "0"
+    assert not app.file("/etc/apt/sources.list.d/debian-nvidia.sources").exists
+
+
+def test_a_host_without_a_gpu_is_left_alone_and_told_so():
+    result = run_role()
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "No NVIDIA GPU on data-app: nothing to do" in " ".join(result.stdout.split())
+    assert "changed=0" in result.stdout
+    assert_host_untouched()
+
+
+def test_forced_check_mode_shows_nvidias_repository_and_the_pinned_branch():
+    result, output = forced_check(nvidia_driver_source="cuda")
+    assert result.returncode == 0, output[-2000:]
+    assert "https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/" in output
+    assert "cuda-keyring_1.1-1_all.deb" in output
+    assert "packages: cuda-drivers-580" in output
+    assert_host_untouched()
+
+
+def test_forced_check_mode_on_debians_own_branch_with_a_version_pin():
+    result, output = forced_check(
+        nvidia_driver_branch=535, nvidia_driver_package_version="535.247.01-1~deb12u1"
+    )
+    assert result.returncode == 0, output[-2000:]
+    assert "packages: nvidia-driver=535.247.01-1~deb12u1 nvidia-smi nvidia-persistenced" in output
+    assert "repository: Debian archive" in output
+    assert_host_untouched()
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"nvidia_driver_branch": 580}, "nvidia_driver_branch 580 is not in Debian 12's archive"),
+        ({"nvidia_driver_source": "ppa"}, "nvidia_driver_source"),
+    ],
+)
+def test_a_wrong_setting_fails_early_naming_it(settings, named):
+    result, output = forced_check(**settings)
+    assert result.returncode != 0
+    assert named in " ".join(output.split())
+    assert_host_untouched()

@@ -38,6 +38,12 @@ QUEUE_DEPTH = Gauge(
     namespace=NAMESPACE,
     multiprocess_mode="livesum",
 )
+QUEUE_CAPACITY = Gauge(
+    "queue_capacity",
+    "Images the batcher admits at most (batching.max_queue_size); depth / capacity is saturation",
+    namespace=NAMESPACE,
+    multiprocess_mode="livesum",
+)
 PREPROCESS_SECONDS = Histogram(
     "preprocess_seconds",
     "Decode + resize + normalise time per image",
@@ -67,6 +73,12 @@ GPU_MEMORY_BYTES = Gauge(
     "CUDA memory allocated by the model's worker",
     namespace=NAMESPACE,
     multiprocess_mode="livesum",
+)
+GPU_MEMORY_TOTAL_BYTES = Gauge(
+    "gpu_memory_total_bytes",
+    "Total memory of the worker's CUDA device",
+    namespace=NAMESPACE,
+    multiprocess_mode="max",
 )
 PREDICTION_LOG_PENDING = Gauge(
     "prediction_log_pending",

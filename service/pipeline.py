@@ -37,6 +37,7 @@ class ClassificationPipeline:
             enabled=batching.enabled,
             on_batch=self._observe_batch,
         )
+        metrics.QUEUE_CAPACITY.set(batching.max_queue_size)
         # Decoding releases the GIL in Pillow; two threads keep it off the event loop.
         self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
         self.prediction_log = PredictionLog(
@@ -157,7 +158,11 @@ class ClassificationPipeline:
             metrics.QUEUE_SECONDS.observe(waited)
         metrics.QUEUE_DEPTH.set(self.batcher.pending)
         if self.classifier is not None and self.classifier.device.type == "cuda":
-            metrics.GPU_MEMORY_BYTES.set(torch.cuda.memory_allocated(self.classifier.device))
+            device = self.classifier.device
+            metrics.GPU_MEMORY_BYTES.set(torch.cuda.memory_allocated(device))
+            metrics.GPU_MEMORY_TOTAL_BYTES.set(
+                torch.cuda.get_device_properties(device).total_memory
+            )
 
     def _observe_prediction(self, classifier, prediction, info, request_id, latency_ms) -> None:
         metrics.CONFIDENCE.observe(prediction.confidence)

@@ -95,6 +95,7 @@ def test_health_metrics_and_openapi(service):
         "bento_fleet_prediction_confidence_bucket",
         'bento_fleet_predictions_total{label="espresso"}',
         "bento_fleet_rejected_inputs_total",
+        "bento_fleet_queue_capacity 48.0",
         'bentoml_service_request_total{endpoint="/classify"',
     ):
         assert name in metrics, name

@@ -4,7 +4,7 @@ import os
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_playbook(name: str, *extra: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,80 @@
+"""The fleet as the tests see it: its hosts, and a client that reaches the gateway over HTTPS."""
+
+import json
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import testinfra
+
+REPO = Path(__file__).resolve().parents[3]
+SMOKE_IMAGE = (REPO / "playbooks/files/smoke.jpg").read_bytes()
+
+gateway = testinfra.get_host("podman://fleet-gw")
+apps = [testinfra.get_host("podman://fleet-app1"), testinfra.get_host("podman://fleet-app2")]
+database = testinfra.get_host("podman://fleet-db")
+monitor = testinfra.get_host("podman://fleet-mon")
+
+
+def address(name: str) -> str:
+    out = subprocess.run(
+        [
+            "podman",
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            name,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return out.strip()
+
+
+def gateway_url(path: str) -> str:
+    return f"https://{address('fleet-gw')}{path}"
+
+
+def classify(timeout: float = 30) -> httpx.Response:
+    """One classification through the gateway on a fresh connection, as a new client would.
+    The certificate is pebble's (the edge scenario checks its chain), hence verify=False."""
+    return httpx.post(
+        gateway_url("/classify"),
+        files={"image": ("smoke.jpg", SMOKE_IMAGE, "image/jpeg")},
+        verify=False,
+        timeout=timeout,
+    )
+
+
+def http_get(host, url: str) -> str:
+    """GET a URL from inside an instance (python3 is on every one; curl is not)."""
+    script = (
+        "import sys, urllib.request; "
+        "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
+    )
+    return host.check_output(f"python3 -c {shlex.quote(script)} {shlex.quote(url)}")
+
+
+def private_address(host) -> str:
+    return host.check_output("hostname -I").split()[0]
+
+
+def service_get(app, path: str) -> dict:
+    """GET the service on an inference host directly, from that host."""
+    return json.loads(http_get(app, f"http://{private_address(app)}:3000{path}"))
+
+
+def prometheus(path: str) -> dict:
+    return json.loads(http_get(monitor, f"http://localhost:9090{path}"))
+
+
+def wait_for(predicate, timeout: float, interval: float = 2.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(interval)

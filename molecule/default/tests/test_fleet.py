@@ -1,0 +1,90 @@
+"""The whole fleet, converged by site.yml: HTTPS classification through the gateway spread over
+both inference hosts, predictions in PostgreSQL, a hardened unit that survives kill -9."""
+
+import re
+import time
+
+import pytest
+from fleet import (
+    apps,
+    classify,
+    database,
+    gateway,
+    private_address,
+    service_get,
+    wait_for,
+)
+from playbook_runner import run_playbook
+
+
+def test_https_classification_through_the_gateway_is_right_and_spread_over_both_hosts():
+    log = "/var/log/nginx/bento-fleet.access.log"
+    lines_before = int(gateway.check_output(f"wc -l < {log}"))
+    for _ in range(12):
+        response = classify()
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["label"] == "espresso" and body["confidence"] > 0.5
+    new_lines = gateway.check_output(f"tail -n +{lines_before + 1} {log}").splitlines()
+    upstreams = {m.group(1) for line in new_lines if (m := re.search(r"upstream=(\S+):3000", line))}
+    assert upstreams == {private_address(app) for app in apps}
+
+
+def test_predictions_reach_postgresql_on_the_database_host():
+    request_id = classify().json()["request_id"]
+    query = f"SELECT label FROM predictions WHERE request_id = '{request_id}'"
+
+    def stored():
+        return database.run(f'sudo -u postgres psql -d predictions -tAc "{query}"').stdout.strip()
+
+    assert wait_for(stored, timeout=30) == "espresso"
+
+
+@pytest.mark.parametrize("app", apps, ids=["fleet-app1", "fleet-app2"])
+def test_the_service_unit_is_hardened(app):
+    exposure = app.check_output("systemd-analyze security bento-fleet.service --no-pager | tail -1")
+    score = float(re.search(r"level for bento-fleet.service: ([0-9.]+)", exposure).group(1))
+    assert score <= 3.0, exposure
+    unit = app.check_output(
+        "systemctl show bento-fleet.service -p User -p MemoryMax -p NoNewPrivileges"
+    )
+    assert "User=bento-fleet" in unit and "NoNewPrivileges=yes" in unit
+    assert "MemoryMax=3221225472" in unit
+    env_file = app.file("/etc/bento-fleet/bento-fleet.env")
+    assert (env_file.user, env_file.mode) == ("root", 0o600)
+    assert "test-only-password-0123" in env_file.content_string
+    config = app.file("/opt/bento-fleet/current/config.yaml")
+    assert (config.group, config.mode) == ("bento-fleet", 0o640)
+    assert "test-only-password" not in config.content_string
+    listening = app.check_output("ss -Hltn 'sport = :3000'")
+    assert f"{private_address(app)}:3000" in listening  # the private address, not 0.0.0.0
+
+
+def test_the_shipped_weights_are_the_checked_ones():
+    card = service_get(apps[0], "/model")
+    assert card["weights_sha256"] == (
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+    )
+
+
+def test_kill_9_brings_the_service_back_ready():
+    app = apps[1]
+    pid_before = app.check_output("systemctl show -p MainPID --value bento-fleet.service")
+    app.check_output("systemctl kill --signal=KILL bento-fleet.service")
+
+    def back_and_ready():
+        pid = app.check_output("systemctl show -p MainPID --value bento-fleet.service")
+        ready = app.run(f"curl -sf http://{private_address(app)}:3000/readyz").rc == 0
+        return pid not in ("0", pid_before) and ready
+
+    assert wait_for(back_and_ready, timeout=180, interval=3)
+    restarts = app.check_output("systemctl show -p NRestarts --value bento-fleet.service")
+    assert int(restarts) >= 1
+    time.sleep(1)
+    assert classify().status_code == 200
+
+
+def test_the_verify_playbook_passes_through_the_gateway():
+    result = run_playbook("playbooks/verify.yml", "-e", "verify_validate_certs=false")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "espresso" in result.stdout and "not_an_image" in result.stdout

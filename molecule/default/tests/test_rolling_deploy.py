@@ -1,0 +1,104 @@
+"""playbooks/deploy.yml: a rolling deploy under continuous client load loses no request; a broken
+release stops at the first host, which goes back to the release it served, and the fleet serves."""
+
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from fleet import REPO, apps, classify, gateway, service_get
+from playbook_runner import run_playbook
+
+
+class ClientLoad:
+    """Two clients sending classifications through the gateway until stopped."""
+
+    def __init__(self, clients: int = 2):
+        self.results: list[int | str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.results.append(classify(timeout=60).status_code)
+            except Exception as error:  # noqa: BLE001 - a dropped connection is a failed request too
+                self.results.append(repr(error))
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+@pytest.fixture(scope="module")
+def bento_file(tmp_path_factory) -> Path:
+    """The service packed by `bentoml build` and `bentoml export`, as a user ships a release."""
+    home = tmp_path_factory.mktemp("bentoml-home")
+    out = tmp_path_factory.mktemp("bento") / "bento-fleet-classifier.bento"
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
+    bentoml = str(REPO / ".venv/bin/bentoml")
+    subprocess.run([bentoml, "build"], cwd=REPO, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [bentoml, "export", "bento-fleet-classifier:latest", str(out)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+def deploy(**extra_vars) -> subprocess.CompletedProcess:
+    return run_playbook("playbooks/deploy.yml", "-e", json.dumps(extra_vars))
+
+
+def versions() -> list[str]:
+    return [service_get(app, "/model")["version"] for app in apps]
+
+
+def test_a_rolling_deploy_under_load_fails_no_request(bento_file):
+    assert versions() == ["1", "1"]
+    with ClientLoad() as load:
+        result = deploy(
+            bento_service_bento_file=str(bento_file),
+            bento_service_settings={"model": {"version": "2"}, "batching": {"calibrate": False}},
+        )
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert versions() == ["2", "2"]
+    failures = [r for r in load.results if r != 200]
+    assert len(load.results) > 20 and failures == [], failures[:10]
+    for app in apps:  # the Bento reused the venv of the same pins: no second torch install
+        assert len(app.file("/opt/bento-fleet/venvs").listdir()) == 1
+        assert app.file("/opt/bento-fleet/previous").is_symlink
+
+
+def test_a_broken_release_stops_at_the_first_host_and_the_fleet_keeps_serving():
+    releases = "ls /opt/bento-fleet/releases"
+    before = [
+        (app.file("/opt/bento-fleet/current").linked_to, app.check_output(releases)) for app in apps
+    ]
+    result = deploy(
+        bento_service_settings={"model": {"version": "3", "architecture": "no_such_net"}}
+    )
+    assert result.returncode != 0
+    output = " ".join(result.stdout.split())
+    assert "no_such_net" in output  # the service's own reason, from the fail-fast readiness wait
+    assert "It is back on" in output and "the hosts after it were not touched" in output
+    # The first host went back to the release it served; the second never saw the new one.
+    assert apps[0].file("/opt/bento-fleet/current").linked_to == before[0][0]
+    assert (
+        apps[1].file("/opt/bento-fleet/current").linked_to,
+        apps[1].check_output(releases),
+    ) == before[1]
+    assert versions() == ["2", "2"]
+    assert (
+        " down;" not in gateway.file("/etc/nginx/sites-available/bento-fleet.conf").content_string
+    )
+    assert all(classify().status_code == 200 for _ in range(4))

@@ -58,7 +58,7 @@ def measure_ceiling(images: list[bytes], seconds: float) -> dict:
     from service.settings import Settings
 
     classifier = Classifier(Settings())
-    classifier.warm_up((1, 8))
+    classifier.warm_up(classifier.sizes_to_warm(32))
 
     def run(batch_size: int) -> tuple[float, list[float]]:
         done, latencies, started = 0, [], time.perf_counter()

@@ -152,13 +152,36 @@ class Classifier:
             profile[batch_size] = sorted(timings)[len(timings) // 2]
         return profile
 
+    def run_size(self, batch_size: int) -> int:
+        """The batch size a batch of `batch_size` images really runs at.
+
+        On CUDA, the next power of two: cuDNN's autotuner (benchmark mode) tunes once per input
+        shape, for a second or more, and adaptive batching forms every size from 1 to the cap;
+        without a few fixed shapes, warmed at start-up, clients would pay for the tuning. The
+        padding costs the GPU little. On the CPU there is no tuning, and padding would cost.
+        """
+        if self.device.type != "cuda":
+            return batch_size
+        return 1 << (batch_size - 1).bit_length()
+
+    def sizes_to_warm(self, largest: int) -> tuple[int, ...]:
+        """Every shape a batch of up to `largest` images may run at; on the CPU, where shapes
+        need no tuning, one pass pays for the lazy initialisation."""
+        if self.device.type != "cuda":
+            return (1,)
+        return tuple(sorted({self.run_size(size) for size in range(1, largest + 1)}))
+
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         """N x 3 x H x W normalised float32 -> N x classes probabilities (float32, CPU)."""
+        count = len(batch)
+        padding = self.run_size(count) - count
+        if padding:
+            batch = torch.cat([batch, batch.new_zeros(padding, *batch.shape[1:])])
         with torch.inference_mode():
             x = batch.to(self.device, self.dtype, non_blocking=True).contiguous(
                 memory_format=self.memory_format
             )
-            return self.module(x).float().softmax(dim=-1).cpu()
+            return self.module(x)[:count].float().softmax(dim=-1).cpu()
 
     def top_k(self, probabilities: torch.Tensor, k: int) -> Prediction:
         values, indices = probabilities.topk(min(k, len(self.labels)))

@@ -63,7 +63,7 @@ class ClassificationPipeline:
             self.prediction_log.start()
             classifier = Classifier(self.settings)
             self._calibrate(classifier)
-            classifier.warm_up((1,))
+            classifier.warm_up(classifier.sizes_to_warm(self.batcher.max_batch_size))
             self.classifier = classifier
             log.info("model %s ready on %s", classifier.name, classifier.device)
         except Exception as exc:

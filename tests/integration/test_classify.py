@@ -5,6 +5,7 @@ import re
 import time
 
 import httpx
+import torch
 from PIL import Image
 from sqlalchemy import create_engine, text
 from support import PHOTOS, encode, jpeg_of, photo
@@ -77,7 +78,9 @@ def test_concurrent_requests_are_batched(service):
 def test_model_card(service):
     card = httpx.get(service.url + "/model", timeout=10).json()
     assert card["architecture"] == "efficientnet_lite0"
-    assert card["device"] == "cpu" and card["dtype"] == "float32"
+    # "auto": the GPU in half precision where there is one (tests/gpu), else the CPU in float32.
+    expected = ("cuda", "float16") if torch.cuda.is_available() else ("cpu", "float32")
+    assert (card["device"], card["dtype"]) == expected
     assert len(card["classes"]) == 1000 and card["classes"][967] == "espresso"
     assert len(card["weights_sha256"]) == 64
     assert card["input_size"] == [3, 224, 224]

@@ -37,6 +37,12 @@ def test_batch_rows_match_single_image_rows(default_classifier):
     assert torch.allclose(batch.sum(dim=1), torch.ones(2), atol=1e-4)
 
 
+def test_on_the_cpu_batches_run_at_their_own_size(default_classifier):
+    # Padding to a few shapes is for cuDNN's autotuner (tests/gpu); on the CPU it would cost.
+    assert [default_classifier.run_size(n) for n in (1, 5, 17)] == [1, 5, 17]
+    assert default_classifier.sizes_to_warm(32) == (1,)
+
+
 def test_model_card(default_classifier):
     card = default_classifier.card()
     assert card["architecture"] == "efficientnet_lite0"

@@ -1,0 +1,93 @@
+"""The GPU path, on a host with CUDA (`make test-gpu`): fp16 and channels_last chosen at run time,
+the same answers as float32 on the CPU, and `bentoml serve` serving from the GPU.
+
+Not part of `make test`, which must pass on machines without a GPU; the README records a run."""
+
+import re
+
+import httpx
+import pytest
+import torch
+from support import ServiceProcess, photo
+
+from service.model import Classifier
+from service.settings import Settings
+
+PHOTOS = ["coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cuda():
+    if not torch.cuda.is_available():
+        pytest.fail("these tests need a CUDA GPU: run them where `nvidia-smi` sees one")
+
+
+def probabilities(classifier: Classifier) -> torch.Tensor:
+    batch = torch.stack([classifier.preprocessor(photo(name))[0] for name in PHOTOS])
+    return classifier.infer(batch)
+
+
+@pytest.fixture(scope="module")
+def on_gpu():
+    classifier = Classifier(Settings())  # device and dtype left to "auto"
+    classifier.warm_up(classifier.sizes_to_warm(32))
+    return classifier
+
+
+def test_auto_picks_cuda_fp16_and_channels_last(on_gpu):
+    assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.float16
+    convolutions = [p for p in on_gpu.module.parameters() if p.dim() == 4]
+    assert convolutions and all(
+        p.is_cuda and p.is_contiguous(memory_format=torch.channels_last) for p in convolutions
+    )
+    card = on_gpu.card()
+    assert (card["device"], card["dtype"], card["channels_last"]) == ("cuda", "float16", True)
+
+
+def test_fp16_on_the_gpu_agrees_with_float32_on_the_cpu(on_gpu):
+    gpu = probabilities(on_gpu)
+    cpu = probabilities(Classifier(Settings(device="cpu")))
+    assert gpu.argmax(dim=1).tolist() == cpu.argmax(dim=1).tolist()
+    assert (gpu - cpu).abs().max().item() < 0.02
+    assert on_gpu.labels[gpu[0].argmax().item()] == "espresso"
+
+
+def test_bfloat16_is_selectable():
+    classifier = Classifier(Settings(dtype="bfloat16"))
+    assert classifier.dtype == torch.bfloat16
+    assert classifier.labels[probabilities(classifier)[0].argmax().item()] == "espresso"
+
+
+def gauge(body: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", body, re.MULTILINE)
+    assert match, f"{name} is not in /metrics"
+    return float(match.group(1))
+
+
+def test_the_service_serves_from_the_gpu(tmp_path):
+    server = ServiceProcess(tmp_path).start()
+    try:
+        card = httpx.get(server.url + "/model", timeout=10).json()
+        assert (card["device"], card["dtype"], card["channels_last"]) == ("cuda", "float16", True)
+        answer = httpx.post(
+            server.url + "/classify", files={"image": ("coffee.png", photo("coffee.png"))}
+        )
+        assert answer.status_code == 200 and answer.json()["label"] == "espresso", answer.text
+        metrics = httpx.get(server.url + "/metrics", timeout=10).text
+        assert (
+            0
+            < gauge(metrics, "bento_fleet_gpu_memory_allocated_bytes")
+            < gauge(metrics, "bento_fleet_gpu_memory_total_bytes")
+        )
+    finally:
+        server.stop()
+
+
+def test_batches_run_at_few_warmed_shapes_and_padding_changes_no_row(on_gpu):
+    assert on_gpu.sizes_to_warm(32) == (1, 2, 4, 8, 16, 32)
+    assert [on_gpu.run_size(n) for n in (1, 3, 5, 17, 32)] == [1, 4, 8, 32, 32]
+    tensors = [on_gpu.preprocessor(photo(name))[0] for name in PHOTOS[:3]]
+    padded = on_gpu.infer(torch.stack(tensors))  # runs as a batch of 4
+    assert padded.shape[0] == 3
+    for row, tensor in zip(padded, tensors, strict=True):
+        assert (row - on_gpu.infer(tensor[None])[0]).abs().max().item() < 0.01

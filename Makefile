@@ -9,9 +9,9 @@ TIMED  := scripts/timed
 export BENTOML_DO_NOT_TRACK := True
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-MOLECULE_SCENARIOS ?= data edge
+MOLECULE_SCENARIOS ?= default
 
-.PHONY: venv serve build test test-deps lint unit integration molecule-host molecule bench clean
+.PHONY: venv serve build test test-deps lint unit integration test-gpu molecule-host molecule bench clean
 
 # The venv is rebuilt only when the pinned requirements change.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -42,6 +42,10 @@ unit: venv
 
 integration: venv test-deps
 	$(BIN)/pytest tests/integration --junitxml=$(RESULTS)/integration.xml
+
+# The GPU path (CUDA, float16, channels_last); needs a host with CUDA, so not part of `test`.
+test-gpu: venv
+	$(BIN)/pytest tests/gpu --junitxml=$(RESULTS)/gpu.xml
 
 # Podman, its settings and the instance image built from Debian's archive; idempotent, root.
 molecule-host:

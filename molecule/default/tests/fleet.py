@@ -16,6 +16,8 @@ gateway = testinfra.get_host("podman://fleet-gw")
 apps = [testinfra.get_host("podman://fleet-app1"), testinfra.get_host("podman://fleet-app2")]
 database = testinfra.get_host("podman://fleet-db")
 monitor = testinfra.get_host("podman://fleet-mon")
+# A host of no fleet group (the ACME server's): what the firewalls show the rest of the world.
+outsider = testinfra.get_host("podman://fleet-acme")
 
 
 def address(name: str) -> str:
@@ -40,7 +42,7 @@ def gateway_url(path: str) -> str:
 
 def classify(timeout: float = 30) -> httpx.Response:
     """One classification through the gateway on a fresh connection, as a new client would.
-    The certificate is pebble's (the edge scenario checks its chain), hence verify=False."""
+    The certificate is pebble's (test_edge.py checks its chain), hence verify=False."""
     return httpx.post(
         gateway_url("/classify"),
         files={"image": ("smoke.jpg", SMOKE_IMAGE, "image/jpeg")},

@@ -87,9 +87,10 @@ def test_a_broken_release_stops_at_the_first_host_and_the_fleet_keeps_serving():
     result = deploy(
         bento_service_settings={"model": {"version": "3", "architecture": "no_such_net"}}
     )
-    assert result.returncode != 0
     output = " ".join(result.stdout.split())
-    assert "no_such_net" in output  # the service's own reason, from the fail-fast readiness wait
+    assert result.returncode != 0, output[-3000:]
+    # The service's own reason, from the fail-fast readiness wait.
+    assert "no_such_net" in output, output[-3000:]
     assert "It is back on" in output and "the hosts after it were not touched" in output
     # The first host went back to the release it served; the second never saw the new one.
     assert apps[0].file("/opt/bento-fleet/current").linked_to == before[0][0]

@@ -4,16 +4,16 @@ forced in check mode, the repository and packages it would install, changing not
 import json
 
 import pytest
-import testinfra
+from fleet import apps
 from playbook_runner import run_playbook
 
-app = testinfra.get_host("podman://data-app")
+app = apps[0]
 BLACKLIST = "/etc/modprobe.d/blacklist-nouveau.conf"
 
 
 def run_role(*extra: str):
     return run_playbook(
-        "playbooks/inference.yml", "--limit", "data-app", "--tags", "nvidia_driver", *extra
+        "playbooks/inference.yml", "--limit", "fleet-app1", "--tags", "nvidia_driver", *extra
     )
 
 
@@ -32,7 +32,7 @@ def assert_host_untouched():
 def test_a_host_without_a_gpu_is_left_alone_and_told_so():
     result = run_role()
     assert result.returncode == 0, result.stdout[-2000:]
-    assert "No NVIDIA GPU on data-app: nothing to do" in " ".join(result.stdout.split())
+    assert "No NVIDIA GPU on fleet-app1: nothing to do" in " ".join(result.stdout.split())
     assert "changed=0" in result.stdout
     assert_host_untouched()
 

@@ -1,21 +1,20 @@
 """The common baseline, as an operator meets it on the gateway: SSH by key only (and sudo),
 UTC, security updates on their own, a bounded persistent journal."""
 
-import testinfra
+from fleet import gateway
+from fleet import outsider as client
 
-gateway = testinfra.get_host("podman://edge-gw")
-client = testinfra.get_host("podman://edge-client")
 SSH = "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o ConnectTimeout=10"
 
 
 def test_the_operator_logs_in_with_the_key_and_has_sudo():
-    assert client.check_output(f"{SSH} deploy@edge-gw sudo -n id -u") == "0"
+    assert client.check_output(f"{SSH} deploy@fleet-gw sudo -n id -u") == "0"
 
 
 def test_password_logins_are_refused():
     result = client.run(
         f"{SSH} -o PubkeyAuthentication=no "
-        "-o PreferredAuthentications=password,keyboard-interactive deploy@edge-gw true"
+        "-o PreferredAuthentications=password,keyboard-interactive deploy@fleet-gw true"
     )
     assert result.rc != 0
     assert "Permission denied (publickey)" in result.stderr

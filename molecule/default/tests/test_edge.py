@@ -1,0 +1,124 @@
+"""The edge as a client meets it: a real certificate from the ACME server, HTTPS only, modern
+TLS, rate limiting with JSON answers, JSON errors when no inference host answers, and nothing
+but 80/443 (and SSH) open to the world."""
+
+import pytest
+from fleet import classify, gateway, http_get, monitor, wait_for
+from fleet import outsider as client
+
+ROOT = "/tmp/pebble-root.pem"
+
+
+@pytest.fixture(scope="module")
+def acme_root():
+    """The ACME server's issuing root, as published on its management port."""
+    client.check_output(f"curl -sfk https://fleet-acme:15000/roots/0 -o {ROOT}")
+    return ROOT
+
+
+def curl(args: str) -> str:
+    return client.check_output(f"curl -s --max-time 10 {args}")
+
+
+def served_certificate(field: str) -> str:
+    """One field (issuer, serial) of the certificate the gateway serves to clients."""
+    return client.check_output(
+        "openssl s_client -connect fleet-gw:443 -servername fleet-gw </dev/null 2>/dev/null"
+        f" | openssl x509 -noout -{field}"
+    )
+
+
+def test_https_answers_with_the_certificate_issued_by_the_acme_server(acme_root):
+    body = curl(f"--cacert {acme_root} https://fleet-gw/model")
+    assert '"architecture":"efficientnet_lite0"' in body.replace(" ", "")
+    assert "Pebble" in served_certificate("issuer")
+
+
+def test_http_redirects_to_https_except_acme_challenges():
+    assert curl("-o /dev/null -w '%{http_code} %{redirect_url}' http://fleet-gw/model") == (
+        "301 https://fleet-gw/model"
+    )
+    challenge = curl("-o /dev/null -w '%{http_code}' http://fleet-gw/.well-known/acme-challenge/x")
+    assert challenge == "404"  # served from the webroot, not redirected
+
+
+@pytest.mark.parametrize(
+    ("version", "accepted"),
+    [("tls1", False), ("tls1_1", False), ("tls1_2", True), ("tls1_3", True)],
+)
+def test_only_tls_1_2_and_1_3_are_accepted(version, accepted):
+    # SECLEVEL=0 lets the client offer the old versions: a refusal is then the server's.
+    result = client.run(
+        f"openssl s_client -connect fleet-gw:443 -servername fleet-gw -{version} "
+        "-cipher 'DEFAULT:@SECLEVEL=0' </dev/null"
+    )
+    assert (result.rc == 0) is accepted, result.stderr[-500:]
+
+
+def test_security_headers(acme_root):
+    headers = curl(f"--cacert {acme_root} -D - -o /dev/null https://fleet-gw/model").lower()
+    assert "strict-transport-security: max-age=63072000; includesubdomains" in headers
+    assert "x-content-type-options: nosniff" in headers
+    assert "x-frame-options: deny" in headers
+
+
+def test_rate_limit_answers_429_with_a_json_body(acme_root):
+    # 300 requests, 50 at a time, from one client: far beyond the scenario's 30 r/s, burst 60.
+    codes = client.check_output(
+        f"curl -s --cacert {acme_root} --parallel --parallel-max 50 "
+        "-w '%{http_code}\\n' -o /dev/null 'https://fleet-gw/livez?n=[1-300]'"
+    ).split()
+    assert "200" in codes and "429" in codes, sorted(set(codes))
+    # Once the burst is spent, the very next request is refused, with the JSON error body.
+    body = client.check_output(
+        f"for i in $(seq 80); do curl -s --cacert {acme_root} https://fleet-gw/livez; echo; done"
+    )
+    assert '"code": "rate_limited"' in body
+
+
+def test_no_inference_host_answering_gives_a_json_502():
+    # Connections from the gateway to the service port are refused for a moment.
+    refuse = "OUTPUT -p tcp --dport 3000 -j REJECT --reject-with tcp-reset"
+    gateway.check_output(f"iptables -I {refuse}")
+    try:
+        result = classify()
+        assert result.status_code == 502
+        assert result.json()["error"]["code"] == "bad_gateway"
+    finally:
+        gateway.check_output(f"iptables -D {refuse}")
+    # Both hosts are marked failed for fail_timeout (10 s), then served again.
+    assert wait_for(lambda: classify().status_code == 200, timeout=60)
+
+
+def test_from_outside_only_80_443_and_ssh_are_open():
+    for port in (22, 80, 443):
+        assert client.run(f"nc -z -w 3 fleet-gw {port}").rc == 0, port
+    # The node and Nginx exporters listen on every interface, yet only the monitoring host
+    # gets through; stub_status listens on loopback alone.
+    for port in (9100, 9113, 8080):
+        assert client.run(f"nc -z -w 3 fleet-gw {port}").rc != 0, port
+    assert monitor.run("timeout 3 bash -c '</dev/tcp/fleet-gw/9100'").rc == 0
+    assert "Active connections" in http_get(gateway, "http://127.0.0.1:8080/stub_status")
+    status = gateway.check_output("ufw status verbose")
+    assert "deny (incoming)" in status and "LIMIT IN" in status
+
+
+def test_renewal_is_scheduled_and_reloads_nginx():
+    timer = gateway.service("certbot.timer")
+    assert timer.is_enabled and timer.is_running
+    hook = gateway.file("/etc/letsencrypt/renewal-hooks/deploy/reload-nginx")
+    assert hook.mode & 0o111 and "systemctl reload nginx" in hook.content_string
+
+
+def test_a_renewal_is_served_without_a_restart():
+    """A forced renewal, as the timer would run it, reaches clients through the deploy hook."""
+    before = served_certificate("serial")
+    nginx_pid = gateway.check_output("systemctl show -p MainPID --value nginx")
+    result = gateway.run(
+        "REQUESTS_CA_BUNDLE=/etc/ssl/bento-fleet-test-acme-ca.pem "
+        "certbot renew --force-renewal --no-random-sleep-on-renew --cert-name fleet-gw "
+        "--non-interactive"
+    )
+    assert result.rc == 0, result.stdout[-1500:] + result.stderr[-1500:]
+    assert served_certificate("serial") != before
+    assert gateway.check_output("systemctl show -p MainPID --value nginx") == nginx_pid

@@ -87,7 +87,8 @@ def test_a_broken_release_stops_at_the_first_host_and_the_fleet_keeps_serving():
     result = deploy(
         bento_service_settings={"model": {"version": "3", "architecture": "no_such_net"}}
     )
-    output = " ".join(result.stdout.split())
+    # Under Molecule, failed tasks' messages go to stderr (display_failed_stderr).
+    output = " ".join((result.stdout + result.stderr).split())
     assert result.returncode != 0, output[-3000:]
     # The service's own reason, from the fail-fast readiness wait.
     assert "no_such_net" in output, output[-3000:]

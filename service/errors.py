@@ -20,9 +20,13 @@ ERROR_STATUS: dict[str, int] = {
     "payload_too_large": 413,
     "too_many_pixels": 413,
     "not_found": 404,
+    "unknown_request": 404,
+    "invalid_label": 422,
+    "invalid_index": 422,
     "method_not_allowed": 405,
     "overloaded": 503,
     "not_ready": 503,
+    "store_unavailable": 503,
     "internal_error": 500,
 }
 

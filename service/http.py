@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
 from .errors import ServiceError, code_for_status, error_body, error_response
+from .live_stats import LIVE
 
 log = logging.getLogger(__name__)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -34,6 +35,7 @@ def request_id_of(request: Request) -> str:
 
 def rejected(error: ServiceError) -> JSONResponse:
     metrics.REJECTED.labels(code=error.code).inc()
+    LIVE.error(error.code)
     return error_response(error)
 
 
@@ -71,6 +73,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         metrics.REJECTED.labels(code="internal_error").inc()
+        LIVE.error("internal_error")
         return JSONResponse(
             error_body("internal_error", "unexpected server error; it has been logged"), 500
         )

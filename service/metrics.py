@@ -52,15 +52,78 @@ PREPROCESS_SECONDS = Histogram(
 )
 CONFIDENCE = Histogram(
     "prediction_confidence",
-    "Top-1 confidence of each prediction",
+    "Top-1 confidence of each prediction, by variant and role (serve or shadow)",
+    ["variant", "role"],
     namespace=NAMESPACE,
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
 )
 PREDICTIONS = Counter(
     "predictions",
-    "Predictions by top-1 class",
-    ["label"],
+    "Predictions by top-1 class and variant (shadow predictions included, by role)",
+    ["label", "variant", "role"],
     namespace=NAMESPACE,
+)
+PREDICTION_LATENCY = Histogram(
+    "prediction_latency_seconds",
+    "Request arrival to answer, by variant and role (a shadow's from the same arrival)",
+    ["variant", "role"],
+    namespace=NAMESPACE,
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+SHADOW_FAILURES = Counter(
+    "shadow_failures",
+    "Shadow runs that failed (never seen by clients), by variant and reason",
+    ["variant", "reason"],
+    namespace=NAMESPACE,
+)
+VARIANT_UP = Gauge(
+    "variant_up",
+    "1 when the variant's model is loaded and warm, 0 when it failed to load",
+    ["variant", "role"],
+    namespace=NAMESPACE,
+    multiprocess_mode="livemin",
+)
+FEEDBACK = Counter(
+    "feedback",
+    "True labels received on POST /feedback, by the variant that had answered",
+    ["variant"],
+    namespace=NAMESPACE,
+)
+# Computed from the database, so every worker reports the same value: keep the latest.
+ACCURACY = Gauge(
+    "accuracy_ratio",
+    "Share of labelled predictions whose true class was in the top k, over the feedback window",
+    ["model_version", "variant", "role", "k"],
+    namespace=NAMESPACE,
+    multiprocess_mode="mostrecent",
+)
+ACCURACY_SAMPLES = Gauge(
+    "accuracy_samples",
+    "Labelled predictions in the accuracy window",
+    ["model_version", "variant", "role"],
+    namespace=NAMESPACE,
+    multiprocess_mode="mostrecent",
+)
+DRIFT_SCORE = Gauge(
+    "drift_score",
+    "Latest drift statistic per feature: KS distance (continuous) or PSI (top class)",
+    ["model_version", "feature", "test"],
+    namespace=NAMESPACE,
+    multiprocess_mode="mostrecent",
+)
+DRIFT_DETECTED = Gauge(
+    "drift_detected",
+    "1 when the feature drifted from the model version's reference in the latest run",
+    ["model_version", "feature"],
+    namespace=NAMESPACE,
+    multiprocess_mode="mostrecent",
+)
+DRIFT_LAST_RUN = Gauge(
+    "drift_last_run_timestamp_seconds",
+    "When the drift job last compared a window (Unix time)",
+    ["model_version"],
+    namespace=NAMESPACE,
+    multiprocess_mode="mostrecent",
 )
 REJECTED = Counter(
     "rejected_inputs",

@@ -79,6 +79,10 @@ def build_module(architecture: str, weights: Path, num_classes: int) -> torch.nn
     return module.eval()
 
 
+class ModelOutputError(RuntimeError):
+    """The forward pass ran but its output is not a probability distribution."""
+
+
 @dataclass
 class Prediction:
     class_index: int
@@ -181,7 +185,11 @@ class Classifier:
             x = batch.to(self.device, self.dtype, non_blocking=True).contiguous(
                 memory_format=self.memory_format
             )
-            return self.module(x)[:count].float().softmax(dim=-1).cpu()
+            probabilities = self.module(x)[:count].float().softmax(dim=-1).cpu()
+        if not torch.isfinite(probabilities).all():
+            # Broken weights or an fp16 overflow: never answer NaN as if it were a class.
+            raise ModelOutputError(f"model {self.name} {self.version} produced non-finite output")
+        return probabilities
 
     def top_k(self, probabilities: torch.Tensor, k: int) -> Prediction:
         values, indices = probabilities.topk(min(k, len(self.labels)))
@@ -190,6 +198,9 @@ class Classifier:
             for v, i in zip(values, indices, strict=True)
         ]
         return Prediction(top[0]["class_index"], top[0]["label"], top[0]["confidence"], top)
+
+    def card_summary(self) -> dict:
+        return {"name": self.name, "version": self.version}
 
     def card(self) -> dict:
         return {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -32,8 +32,13 @@ class Preprocessor:
     max_pixels: int
 
     def __call__(self, data: bytes) -> tuple[torch.Tensor, DecodedInfo]:
-        image, info = decode_image(data, self.max_pixels, draft_size=self.resize_size)
+        image, info = self.decode(data)
         return self.to_tensor(image), info
+
+    def decode(self, data: bytes) -> tuple[Image.Image, DecodedInfo]:
+        """Decode + describe: the input statistics drift detection compares come from here."""
+        image, info = decode_image(data, self.max_pixels, draft_size=self.resize_size)
+        return image, replace(info, stats=image_statistics(image))
 
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
         image = TF.resize(image, self.resize_size, interpolation=TF.InterpolationMode.BILINEAR)
@@ -44,11 +49,41 @@ class Preprocessor:
 
 
 @dataclass(frozen=True)
+class ImageStatistics:
+    """Cheap descriptors of what a picture looks like, each 0-1 except sharpness."""
+
+    brightness: float  # mean luma
+    contrast: float  # standard deviation of luma
+    saturation: float  # mean HSV saturation
+    sharpness: float  # mean absolute Laplacian of luma (0-255 scale): blur lowers it
+
+
+@dataclass(frozen=True)
 class DecodedInfo:
     width: int
     height: int
     format: str
     bytes: int
+    stats: ImageStatistics | None = None
+
+
+STATS_SIZE = 256  # statistics are taken on a thumbnail: the same for any resolution, and cheap
+
+
+def image_statistics(image: Image.Image) -> ImageStatistics:
+    thumb = image.copy()
+    thumb.thumbnail((STATS_SIZE, STATS_SIZE), Image.Resampling.BILINEAR)
+    luma = np.asarray(thumb.convert("L"), dtype=np.float32)
+    saturation = np.asarray(thumb.convert("HSV"), dtype=np.float32)[..., 1]
+    laplacian = (
+        4 * luma[1:-1, 1:-1] - luma[:-2, 1:-1] - luma[2:, 1:-1] - luma[1:-1, :-2] - luma[1:-1, 2:]
+    )
+    return ImageStatistics(
+        brightness=round(float(luma.mean()) / 255.0, 5),
+        contrast=round(float(luma.std()) / 255.0, 5),
+        saturation=round(float(saturation.mean()) / 255.0, 5),
+        sharpness=round(float(np.abs(laplacian).mean()) if laplacian.size else 0.0, 4),
+    )
 
 
 def decode_image(

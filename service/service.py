@@ -5,19 +5,27 @@
 BentoML provides the server, workers, /healthz /livez /readyz /metrics and the OpenAPI page;
 the routes below are a FastAPI app mounted on it, so that uploads are parsed, limited and
 answered exactly as documented. The work is in small modules: settings, preprocessing, model,
-batching, metrics, store (the prediction log) and http (error mapping and request guards).
+batching, metrics, store (the prediction log) and http (error mapping and request guards);
+variants (A/B and shadow), feedback, live_stats and model_ops (accuracy and drift) for the
+model-operations side; web/index.html is the page at /.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
 from typing import Annotated
 
 import bentoml
 from fastapi import FastAPI, File, Form, Request, Response, UploadFile
+from fastapi.responses import HTMLResponse
 
 from .errors import ServiceError
+from .feedback import FeedbackIn, record_feedback
 from .http import MULTIPART_OVERHEAD, RequestGuard, install_error_handlers, request_id_of
+from .live_stats import LIVE
+from .model_ops import ModelOps
 from .pipeline import ClassificationPipeline
 from .settings import get_settings
 
@@ -35,6 +43,7 @@ app.add_middleware(
     },
 )
 
+WEB_PAGE = (Path(__file__).parent / "web" / "index.html").read_text()
 ImageFile = Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF, BMP or TIFF")]
 TopK = Annotated[int, Form(description=f"How many classes to return, 1-{limits.max_top_k}")]
 
@@ -69,12 +78,19 @@ class ImageClassifier:
         self.pipeline = ClassificationPipeline(settings)
         app.state.pipeline = self.pipeline
         self.pipeline.start_loading()
+        self.ops = ModelOps(
+            settings,
+            self.pipeline.prediction_log.engine,
+            ready=lambda: self.pipeline.prediction_log.migrated,
+        )
+        self.ops.start()
 
     def __is_ready__(self) -> bool:
         return self.pipeline.ready
 
     @bentoml.on_shutdown
     async def flush_prediction_log(self) -> None:
+        self.ops.stop()
         await self.pipeline.close()
 
     @app.post("/classify", summary="Classify one image")
@@ -83,9 +99,11 @@ class ImageClassifier:
     ) -> dict:
         started, request_id = time.perf_counter(), request_id_of(request)
         data = await read_upload(image, "image")
-        (result,) = await self.pipeline.classify([data], check_top_k(top_k), request_id, started)
+        variant, (result,) = await self.pipeline.classify(
+            [data], check_top_k(top_k), request_id, started, self._client_key(request)
+        )
         response.headers["X-Request-ID"] = request_id
-        return {**result, **self._model_fields(), "request_id": request_id}
+        return {**result, **self._model_fields(variant), "request_id": request_id}
 
     @app.post("/classify_batch", summary="Classify several images; results in input order")
     async def classify_batch(
@@ -98,14 +116,33 @@ class ImageClassifier:
                 f"{len(images)} images sent; the limit is {limits.max_batch_images} per request",
             )
         data = [await read_upload(image, f"images[{i}]") for i, image in enumerate(images)]
-        results = await self.pipeline.classify(data, check_top_k(top_k), request_id, started)
+        variant, results = await self.pipeline.classify(
+            data, check_top_k(top_k), request_id, started, self._client_key(request)
+        )
         response.headers["X-Request-ID"] = request_id
-        return {"results": results, **self._model_fields(), "request_id": request_id}
+        return {"results": results, **self._model_fields(variant), "request_id": request_id}
 
     @app.get("/model", summary="Model card: architecture, weights, device, batching")
     async def model(self) -> dict:
         return self.pipeline.model_card()
 
-    def _model_fields(self) -> dict:
-        classifier = self.pipeline.classifier
-        return {"model": {"name": classifier.name, "version": classifier.version}}
+    @app.post("/feedback", summary="The true label of an image answered earlier")
+    async def feedback(self, given: FeedbackIn) -> dict:
+        return await record_feedback(self.pipeline, given)
+
+    @app.get("/stats", summary="This worker's live numbers, accuracy and drift verdicts")
+    async def stats(self) -> dict:
+        summary = await asyncio.to_thread(self.ops.summary)
+        return {**LIVE.snapshot(), **summary, "ready": self.pipeline.ready}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def web_page(self) -> HTMLResponse:
+        return HTMLResponse(WEB_PAGE)
+
+    @staticmethod
+    def _client_key(request: Request) -> str | None:
+        return request.headers.get(settings.experiment.client_key_header) or None
+
+    @staticmethod
+    def _model_fields(variant) -> dict:
+        return {"model": variant.classifier.card_summary(), "variant": variant.name}

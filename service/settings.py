@@ -101,6 +101,66 @@ class DatabaseSettings(BaseModel):
         return url
 
 
+class VariantSettings(BaseModel):
+    """One model of an A/B test or a shadow candidate; see Settings.variants."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+    model: ModelSettings = ModelSettings()
+    weight: float = Field(
+        0.0, ge=0, description="Share of live traffic it answers (weights are normalised)"
+    )
+    shadow: bool = Field(
+        False, description="Runs beside the serving variant, its answer only logged"
+    )
+    shadow_share: float = Field(
+        1.0, gt=0, le=1, description="Shadow only: the share of requests mirrored to it"
+    )
+
+
+class ExperimentSettings(BaseModel):
+    client_key_header: str = Field(
+        "X-Client-Key",
+        description="Requests carrying it always reach the same variant (sticky assignment)",
+    )
+
+
+class FeedbackSettings(BaseModel):
+    window_count: int = Field(1000, ge=1, description="Accuracy over the last N labelled")
+    window_s: float = Field(86400.0, gt=0, description="... and no older than this")
+    refresh_s: float = Field(15.0, gt=0, description="How often the accuracy gauges update")
+    lookup_wait_s: float = Field(
+        3.0, ge=0, description="How long feedback waits for its prediction to reach the log"
+    )
+
+
+class DriftSettings(BaseModel):
+    interval_s: float = Field(
+        300.0, ge=0, description="How often the drift job runs in the service; 0 turns it off"
+    )
+    window_count: int = Field(500, ge=10, description="Recent predictions compared, at most")
+    window_s: float = Field(3600.0, gt=0, description="... and no older than this")
+    min_samples: int = Field(30, ge=5, description="Fewer recent predictions: no verdict")
+    reference_first_n: int = Field(
+        500,
+        ge=0,
+        description="With no stored reference, the first N predictions of a model version "
+        "become it; 0 waits for `bento-fleet drift reference`",
+    )
+    ks_alpha: float = Field(
+        0.01, gt=0, lt=1, description="KS p-value below which a continuous feature may drift"
+    )
+    ks_min_statistic: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="... and the KS distance it must also reach: with large windows a "
+        "trivial shift is significant, this keeps the alarm for shifts that matter",
+    )
+    psi_threshold: float = Field(
+        0.25, gt=0, description="Population stability index of the top class above which it drifts"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BENTO_FLEET_", env_nested_delimiter="__", extra="forbid"
@@ -117,6 +177,31 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64)
     torch_threads: int | None = Field(None, ge=1, description="Intra-op threads (CPU)")
     state_dir: Path = Field(Path("var"), description="Prediction DB (SQLite) and spool")
+    variants: list[VariantSettings] = Field(
+        default_factory=list,
+        description="A/B variants and shadow candidates; empty serves `model` as variant main",
+    )
+    experiment: ExperimentSettings = ExperimentSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
+    drift: DriftSettings = DriftSettings()
+
+    @model_validator(mode="after")
+    def _variants_are_consistent(self) -> Settings:
+        names = [variant.name for variant in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variants: names must be unique, got {names}")
+        if self.variants and not any(v.weight > 0 and not v.shadow for v in self.variants):
+            raise ValueError("variants: at least one non-shadow variant needs a weight > 0")
+        return self
+
+    @property
+    def model_variants(self) -> list[VariantSettings]:
+        """The configured variants, or the single `model` as variant main."""
+        return self.variants or [VariantSettings(name="main", model=self.model, weight=1.0)]
+
+    def for_variant(self, variant: VariantSettings) -> Settings:
+        """These settings with the variant's model in place of `model`."""
+        return self.model_copy(update={"model": variant.model})
 
     @property
     def database_url(self) -> str:

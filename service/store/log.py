@@ -46,6 +46,14 @@ class PredictionRecord:
     image_width: int
     image_height: int
     image_bytes: int
+    item_index: int = 0
+    variant: str = "main"
+    role: str = "serve"  # serve | shadow
+    top5: str = ""
+    brightness: float | None = None
+    contrast: float | None = None
+    saturation: float | None = None
+    sharpness: float | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -139,6 +147,11 @@ class PredictionLog:
             self._thread.join(timeout_s)
         self._flush(self._drain(), final=True)
         self.engine.dispose()
+
+    @property
+    def migrated(self) -> bool:
+        """True once the schema is at head: the tables exist."""
+        return self._migrated
 
     @property
     def pending(self) -> int:

@@ -64,7 +64,7 @@ def test_records_are_migrated_and_written(make_log, tmp_path):
     assert wait_for(lambda: log.written == 25)
     assert sorted(rows(tmp_path / "db/p.db")) == sorted(f"req-{i}" for i in range(25))
     with create_engine(f"sqlite:///{tmp_path}/db/p.db").connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
 
 
 class FlakyInsert:
@@ -126,3 +126,31 @@ def test_close_spools_what_the_database_did_not_take_and_a_restart_replays_it(
 def test_spool_round_trip_keeps_every_field():
     original = record(3)
     assert PredictionRecord.from_json(original.to_json()) == original
+
+
+def test_a_0001_log_upgrades_in_place_keeping_its_rows(tmp_path):
+    """Hosts already logging keep their history: 0002 adds columns with defaults."""
+    from alembic import command
+    from alembic.config import Config
+
+    engine = create_engine(f"sqlite:///{tmp_path}/old.db")
+    config = Config()
+    config.set_main_option("script_location", str(store_log.MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO predictions VALUES ('a', '2026-01-01', 'r1', 'm', '1', 3, 'x', 0.9,"
+                " 10.0, 64, 48, 500)"
+            )
+        )
+    store_log.migrate(engine)
+    with engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT request_id, variant, role, item_index, brightness FROM predictions")
+        ).one()
+        tables = {r[0] for r in connection.execute(text("SELECT name FROM sqlite_master"))}
+    assert tuple(row) == ("r1", "main", "serve", 0, None)
+    assert {"feedback", "reference_profiles", "drift_results"} <= tables

@@ -1,0 +1,171 @@
+"""The drift job's reads and writes: windows of the prediction log, reference profiles and
+results, so that every worker and every host sees the same verdicts."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine, func, select
+
+from ..drift import FeatureDrift, Observation, Profile
+from .schema import DriftResult, Prediction, ReferenceProfile
+
+
+def _observations(rows) -> list[Observation]:
+    return [Observation(*row) for row in rows]
+
+
+_OBSERVED = (
+    Prediction.brightness,
+    Prediction.contrast,
+    Prediction.saturation,
+    Prediction.sharpness,
+    Prediction.image_width,
+    Prediction.image_height,
+    Prediction.image_bytes,
+    Prediction.confidence,
+    Prediction.class_index,
+)
+
+
+def first_predictions(engine: Engine, model_version: str, count: int) -> list[Observation]:
+    query = (
+        select(*_OBSERVED)
+        .where(Prediction.model_version == model_version)
+        .order_by(Prediction.created_at)
+        .limit(count)
+    )
+    with engine.connect() as connection:
+        return _observations(connection.execute(query))
+
+
+def recent_predictions(
+    engine: Engine, model_version: str, count: int, window_s: float, now: datetime | None = None
+) -> list[Observation]:
+    since = (now or datetime.now(UTC)) - timedelta(seconds=window_s)
+    query = (
+        select(*_OBSERVED)
+        .where(Prediction.model_version == model_version, Prediction.created_at >= since)
+        .order_by(Prediction.created_at.desc())
+        .limit(count)
+    )
+    with engine.connect() as connection:
+        return _observations(connection.execute(query))
+
+
+def count_predictions(engine: Engine, model_version: str) -> int:
+    query = select(func.count()).where(Prediction.model_version == model_version)
+    with engine.connect() as connection:
+        return int(connection.execute(query).scalar_one())
+
+
+@dataclass(frozen=True)
+class StoredReference:
+    model_name: str
+    model_version: str
+    source: str
+    created_at: datetime
+    profile: Profile
+
+
+def save_reference(
+    engine: Engine, model_name: str, model_version: str, source: str, profile: Profile
+) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            ReferenceProfile.__table__.insert().values(
+                created_at=datetime.now(UTC),
+                model_name=model_name,
+                model_version=model_version,
+                source=source[:512],
+                samples=profile.samples,
+                profile=json.dumps(profile.to_json()),
+            )
+        )
+
+
+def latest_reference(engine: Engine, model_version: str) -> StoredReference | None:
+    query = (
+        select(ReferenceProfile)
+        .where(ReferenceProfile.model_version == model_version)
+        .order_by(ReferenceProfile.created_at.desc(), ReferenceProfile.id.desc())
+        .limit(1)
+    )
+    with engine.connect() as connection:
+        row = connection.execute(query).mappings().first()
+    if row is None:
+        return None
+    return StoredReference(
+        row["model_name"],
+        row["model_version"],
+        row["source"],
+        row["created_at"],
+        Profile.from_json(json.loads(row["profile"])),
+    )
+
+
+def save_results(
+    engine: Engine, model_name: str, model_version: str, results: list[FeatureDrift]
+) -> str:
+    run_id, now = uuid.uuid4().hex, datetime.now(UTC)
+    rows = [
+        {
+            "run_id": run_id,
+            "created_at": now,
+            "model_name": model_name,
+            "model_version": model_version,
+            "feature": result.feature,
+            "test": result.test,
+            "statistic": result.statistic,
+            "p_value": result.p_value,
+            "threshold": result.threshold,
+            "drifted": result.drifted,
+            "reference_samples": result.reference_samples,
+            "current_samples": result.current_samples,
+        }
+        for result in results
+    ]
+    with engine.begin() as connection:
+        connection.execute(DriftResult.__table__.insert(), rows)
+    return run_id
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    run_id: str
+    created_at: datetime
+    results: list[FeatureDrift]
+
+
+def latest_results(engine: Engine, model_version: str) -> StoredRun | None:
+    latest = (
+        select(DriftResult.run_id, DriftResult.created_at)
+        .where(DriftResult.model_version == model_version)
+        .order_by(DriftResult.created_at.desc(), DriftResult.id.desc())
+        .limit(1)
+    )
+    with engine.connect() as connection:
+        head = connection.execute(latest).first()
+        if head is None:
+            return None
+        rows = connection.execute(
+            select(DriftResult).where(DriftResult.run_id == head[0]).order_by(DriftResult.id)
+        ).scalars()
+        results = [
+            FeatureDrift(
+                row.feature,
+                row.test,
+                row.statistic,
+                row.p_value,
+                row.threshold,
+                row.drifted,
+                row.reference_samples,
+                row.current_samples,
+            )
+            for row in rows
+        ]
+    created = head[1] if head[1].tzinfo else head[1].replace(tzinfo=UTC)  # SQLite drops the tz
+    return StoredRun(head[0], created, results)

@@ -1,0 +1,33 @@
+"""/stats numbers and the input statistics drift detection is built on."""
+
+from PIL import Image, ImageEnhance, ImageFilter
+from support import PHOTOS
+
+from service.live_stats import LiveStats
+from service.preprocessing import image_statistics
+
+
+def test_live_stats_percentiles_errors_and_batches():
+    live = LiveStats()
+    for latency in range(1, 101):
+        live.request("main", 1, float(latency))
+    live.error("not_an_image")
+    live.batch(4)
+    live.batch(2)
+    snap = live.snapshot()
+    assert snap["requests"] == 100 and snap["errors_by_code"] == {"not_an_image": 1}
+    assert 49 <= snap["latency_ms"]["p50"] <= 51 and 98 <= snap["latency_ms"]["p99"] <= 100
+    assert snap["batch_sizes"]["mean"] == 3.0
+
+
+def test_statistics_follow_brightness_saturation_and_blur():
+    image = Image.open(PHOTOS / "coffee.png").convert("RGB")
+    base = image_statistics(image)
+    darker = image_statistics(ImageEnhance.Brightness(image).enhance(0.5))
+    grey = image_statistics(image.convert("L").convert("RGB"))
+    blurred = image_statistics(image.filter(ImageFilter.GaussianBlur(3)))
+    assert darker.brightness < base.brightness * 0.6
+    assert grey.saturation < 0.01 < base.saturation
+    assert blurred.sharpness < base.sharpness * 0.5
+    assert abs(blurred.brightness - base.brightness) < 0.01
+    assert image_statistics(Image.new("RGB", (1, 1))).sharpness == 0.0

@@ -14,9 +14,10 @@ MOLECULE_SCENARIOS ?= default
 .PHONY: venv serve build test test-deps lint unit integration test-gpu molecule-host molecule bench clean
 
 # The venv is rebuilt only when the pinned requirements change.
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/pip install --quiet --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
 venv: $(VENV)/.installed

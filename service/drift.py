@@ -3,7 +3,7 @@
 A profile is a sample of per-image features: the input statistics logged with every prediction
 (brightness, contrast, saturation, sharpness, width, height, aspect ratio, file size), the
 model's confidence, and the top-class counts. Continuous features are compared with SciPy's
-two-sample Kolmogorov-Smirnov test, the top class with the population stability index (PSI).
+two-sample Kolmogorov-Smirnov test, the top class with the population stability index (PSI) backed by a chi-square test.
 A continuous feature drifts when its KS p-value is below `ks_alpha` and its KS distance is at
 least `ks_min_statistic`: with hundreds of samples a harmless shift (the same photos saved at
 another JPEG quality) is already "significant", and an alarm should mean the inputs changed.
@@ -12,6 +12,7 @@ another JPEG quality) is already "significant", and an alarm should mean the inp
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -102,18 +103,32 @@ class FeatureDrift:
     current_samples: int
 
 
-def population_stability_index(reference: Mapping[str, int], current: Mapping[str, int]) -> float:
-    """PSI over the reference's PSI_BINS most frequent classes plus one bin for the rest."""
+def class_bins(reference: Mapping[str, int], current: Mapping[str, int]) -> np.ndarray:
+    """2 x bins counts: the reference's PSI_BINS most frequent classes, then all the rest."""
     kept = [name for name, _ in Counter(reference).most_common(PSI_BINS)]
 
-    def shares(counts: Mapping[str, int]) -> np.ndarray:
-        total = sum(counts.values()) or 1
-        binned = [counts.get(name, 0) for name in kept]
-        binned.append(total - sum(binned))
-        return np.maximum(np.array(binned, dtype=float) / total, PSI_FLOOR)
+    def binned(counts: Mapping[str, int]) -> list[int]:
+        row = [counts.get(name, 0) for name in kept]
+        return [*row, sum(counts.values()) - sum(row)]
 
-    expected, actual = shares(reference), shares(current)
+    return np.array([binned(reference), binned(current)], dtype=float)
+
+
+def population_stability_index(reference: Mapping[str, int], current: Mapping[str, int]) -> float:
+    """PSI over the reference's PSI_BINS most frequent classes plus one bin for the rest."""
+    counts = class_bins(reference, current)
+    totals = np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    expected, actual = np.maximum(counts / totals, PSI_FLOOR)
     return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+def class_mix_p_value(reference: Mapping[str, int], current: Mapping[str, int]) -> float:
+    """Chi-square test of homogeneity of the two class mixes (bins empty in both dropped)."""
+    counts = class_bins(reference, current)
+    counts = counts[:, counts.sum(axis=0) > 0]
+    if counts.shape[1] < 2 or (counts.sum(axis=1) == 0).any():
+        return 1.0
+    return float(stats.chi2_contingency(counts).pvalue)
 
 
 def compare(reference: Profile, current: Profile, settings: DriftSettings) -> list[FeatureDrift]:
@@ -123,7 +138,9 @@ def compare(reference: Profile, current: Profile, settings: DriftSettings) -> li
         expected, actual = reference.values.get(name, []), current.values.get(name, [])
         if len(expected) < settings.min_samples or len(actual) < settings.min_samples:
             continue
-        test = stats.ks_2samp(expected, actual)
+        with warnings.catch_warnings():  # ties: SciPy falls back from the exact method
+            warnings.simplefilter("ignore", RuntimeWarning)
+            test = stats.ks_2samp(expected, actual)
         results.append(
             FeatureDrift(
                 name,
@@ -138,15 +155,18 @@ def compare(reference: Profile, current: Profile, settings: DriftSettings) -> li
                 len(actual),
             )
         )
+    # PSI says how far the mix moved; chi-square whether a window this small can tell (PSI
+    # alone swings past 0.25 between two samples of 80 from the same traffic).
     psi = population_stability_index(reference.classes, current.classes)
+    p_value = class_mix_p_value(reference.classes, current.classes)
     results.append(
         FeatureDrift(
             CLASS_FEATURE,
             "psi",
             psi,
-            None,
+            p_value,
             settings.psi_threshold,
-            psi > settings.psi_threshold,
+            psi > settings.psi_threshold and p_value < settings.ks_alpha,
             reference.samples,
             current.samples,
         )

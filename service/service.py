@@ -128,7 +128,9 @@ class ImageClassifier:
 
     @app.post("/feedback", summary="The true label of an image answered earlier")
     async def feedback(self, given: FeedbackIn) -> dict:
-        return await record_feedback(self.pipeline, given)
+        answer = await record_feedback(self.pipeline, given)
+        self.ops.accuracy_at = float("-inf")  # the next /stats or tick recomputes it
+        return answer
 
     @app.get("/stats", summary="This worker's live numbers, accuracy and drift verdicts")
     async def stats(self) -> dict:

@@ -7,6 +7,7 @@ import contextlib
 import glob
 import io
 import os
+import re
 import shutil
 import signal
 import socket
@@ -45,6 +46,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def metric(service, name: str) -> float:
+    """One sample from the service's /metrics, by its full name with labels; 0 when absent."""
+    body = httpx.get(service.url + "/metrics", timeout=10).text
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", body, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
 
 
 class ServiceProcess:
@@ -157,3 +165,45 @@ class PostgresCluster:
         with contextlib.suppress(subprocess.CalledProcessError):
             self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+# -- image sets for drift tests -----------------------------------------------------------------
+DRIFT_PHOTOS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "rocket.jpg",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "ihc.png",
+    "immunohistochemistry.png",
+)
+
+
+def photo_crops(count: int, seed: int = 0) -> list[Image.Image]:
+    """`count` varied pictures from the sample photos: random crops, scales and mirrors."""
+    import random
+
+    rng = random.Random(seed)
+    sources = [
+        Image.open(PHOTOS / name).convert("RGB")
+        for name in DRIFT_PHOTOS
+        if (PHOTOS / name).exists()
+    ]
+    crops = []
+    for i in range(count):
+        image = sources[i % len(sources)]
+        width, height = image.size
+        side = rng.uniform(0.55, 0.95)
+        w, h = int(width * side), int(height * side * rng.uniform(0.8, 1.2))
+        h = min(h, height)
+        left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+        crop = image.crop((left, top, left + w, top + h))
+        scale = rng.uniform(0.6, 1.0)
+        crop = crop.resize((max(64, int(w * scale)), max(64, int(h * scale))))
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        crops.append(crop)
+    return crops

@@ -1,0 +1,219 @@
+"""A/B and shadow analysis of the prediction log: what each variant did, and whether the
+difference in accuracy (from feedback) is real or noise, in plain words."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from scipy import stats
+from sqlalchemy import Engine, and_, select
+
+from .store.schema import Feedback, Prediction
+
+ALPHA = 0.05
+POWER = 0.8
+MIN_LABELS = 30  # fewer labelled answers per variant: no verdict
+
+
+@dataclass
+class VariantSummary:
+    variant: str
+    role: str
+    model_version: str
+    requests: int = 0
+    predictions: int = 0
+    labelled: int = 0
+    correct: int = 0
+    confidences: list[float] = field(default_factory=list, repr=False)
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+    agreement: float | None = None  # with the control, on the same images
+    compared: int = 0  # images both answered
+    answers: dict[tuple[str, int], int] = field(default_factory=dict, repr=False)
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+    @property
+    def mean_confidence(self) -> float | None:
+        return float(np.mean(self.confidences)) if self.confidences else None
+
+    def latency(self, q: float) -> float | None:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else None
+
+    def as_dict(self) -> dict:
+        def rounded(value, digits=4):
+            return None if value is None else round(value, digits)
+
+        return {
+            "variant": self.variant,
+            "role": self.role,
+            "model_version": self.model_version,
+            "requests": self.requests,
+            "predictions": self.predictions,
+            "labelled": self.labelled,
+            "accuracy": rounded(self.accuracy),
+            "mean_confidence": rounded(self.mean_confidence),
+            "latency_ms_p50": rounded(self.latency(50), 1),
+            "latency_ms_p95": rounded(self.latency(95), 1),
+            "agreement_with_control": rounded(self.agreement),
+            "images_compared": self.compared,
+        }
+
+
+@dataclass(frozen=True)
+class Comparison:
+    control: str
+    candidate: str
+    control_accuracy: float | None
+    candidate_accuracy: float | None
+    z: float | None
+    p_value: float | None
+    verdict: str  # promote | keep | no_difference | not_enough_data
+    recommendation: str
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def two_proportion_z_test(hits_a: int, n_a: int, hits_b: int, n_b: int) -> tuple[float, float]:
+    """z and the two-sided p-value for H0: both variants have the same accuracy."""
+    pooled = (hits_a + hits_b) / (n_a + n_b)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    if spread == 0:
+        return 0.0, 1.0
+    z = (hits_b / n_b - hits_a / n_a) / spread
+    return z, float(2 * stats.norm.sf(abs(z)))
+
+
+def labels_needed(p_a: float, p_b: float) -> int | None:
+    """Labelled answers per variant to detect this difference (two-sided ALPHA, POWER)."""
+    if p_a == p_b:
+        return None
+    z_alpha, z_power = stats.norm.isf(ALPHA / 2), stats.norm.isf(1 - POWER)
+    variance = p_a * (1 - p_a) + p_b * (1 - p_b)
+    return math.ceil((z_alpha + z_power) ** 2 * variance / (p_a - p_b) ** 2)
+
+
+def compare_variants(control: VariantSummary, candidate: VariantSummary) -> Comparison:
+    names = (control.variant, candidate.variant)
+    if min(control.labelled, candidate.labelled) < MIN_LABELS:
+        return Comparison(
+            *names,
+            control.accuracy,
+            candidate.accuracy,
+            None,
+            None,
+            "not_enough_data",
+            f"Not enough feedback yet: {control.labelled} labelled answers for "
+            f"{control.variant} and {candidate.labelled} for {candidate.variant}; "
+            f"at least {MIN_LABELS} each are needed for a verdict.",
+        )
+    z, p = two_proportion_z_test(
+        control.correct, control.labelled, candidate.correct, candidate.labelled
+    )
+    a, b = control.accuracy, candidate.accuracy
+    figures = f"{b:.1%} vs {a:.1%}, p = {p:.3g}"
+    if p < ALPHA and b > a:
+        verdict, text = (
+            "promote",
+            f"Promote {candidate.variant}: it is more accurate than {control.variant} "
+            f"({figures}); the difference is unlikely to be chance.",
+        )
+    elif p < ALPHA:
+        verdict, text = (
+            "keep",
+            f"Keep {control.variant}: {candidate.variant} is less accurate ({figures}).",
+        )
+    else:
+        needed = labels_needed(a, b)
+        more = (
+            f" About {needed} labelled answers per variant would detect a difference this size."
+            if needed
+            else ""
+        )
+        verdict, text = (
+            "no_difference",
+            f"No significant difference between {candidate.variant} and {control.variant} "
+            f"({figures}); keep {control.variant} or collect more feedback.{more}",
+        )
+    return Comparison(*names, a, b, z, p, verdict, text)
+
+
+def summarise(
+    engine: Engine, since_hours: float | None = None, now: datetime | None = None
+) -> list[VariantSummary]:
+    """Per variant and role, from the prediction log joined with feedback."""
+    query = select(
+        Prediction.variant,
+        Prediction.role,
+        Prediction.model_version,
+        Prediction.request_id,
+        Prediction.item_index,
+        Prediction.class_index,
+        Prediction.confidence,
+        Prediction.latency_ms,
+        Feedback.class_index,
+    ).outerjoin(
+        Feedback,
+        and_(
+            Feedback.request_id == Prediction.request_id,
+            Feedback.item_index == Prediction.item_index,
+        ),
+    )
+    if since_hours:
+        since = (now or datetime.now(UTC)) - timedelta(hours=since_hours)
+        query = query.where(Prediction.created_at >= since)
+    summaries: dict[tuple[str, str], VariantSummary] = {}
+    requests: dict[tuple[str, str], set[str]] = defaultdict(set)
+    answers: dict[tuple[str, str], dict[tuple[str, int], int]] = defaultdict(dict)
+    with engine.connect() as connection:
+        for (
+            variant,
+            role,
+            version,
+            request_id,
+            index,
+            predicted,
+            confidence,
+            latency,
+            truth,
+        ) in connection.execute(query):
+            key = (variant, role)
+            summary = summaries.setdefault(key, VariantSummary(variant, role, version))
+            summary.predictions += 1
+            summary.confidences.append(confidence)
+            summary.latencies_ms.append(latency)
+            requests[key].add(request_id)
+            answers[key][(request_id, index)] = predicted
+            if truth is not None:
+                summary.labelled += 1
+                summary.correct += predicted == truth
+    for key, summary in summaries.items():
+        summary.requests = len(requests[key])
+        summary.answers = answers[key]
+    return sorted(summaries.values(), key=lambda s: (s.role != "serve", -s.requests))
+
+
+def ab_report(engine: Engine, control: str | None = None, since_hours: float | None = None):
+    """The summaries (control first) and one comparison per other variant."""
+    summaries = summarise(engine, since_hours)
+    if not summaries:
+        return [], []
+    if control:
+        matches = [s for s in summaries if s.variant == control and s.role == "serve"]
+        if not matches:
+            raise ValueError(f"no served predictions from a variant named {control!r}")
+        summaries.remove(matches[0])
+        summaries.insert(0, matches[0])
+    head, others = summaries[0], summaries[1:]
+    for other in others:  # shadows answered the control's own images: compare them one by one
+        shared = other.answers.keys() & head.answers.keys()
+        other.compared = len(shared)
+        if shared:
+            other.agreement = sum(other.answers[k] == head.answers[k] for k in shared) / len(shared)
+    return summaries, [compare_variants(head, other) for other in others]

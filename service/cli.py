@@ -1,0 +1,142 @@
+"""`bento-fleet`: model operations from the command line, on the service's own settings.
+
+    bento-fleet drift reference --images DIR [--variant NAME]   # profile a known-good set
+    bento-fleet drift reference --first N                       # ... or the first N predictions
+    bento-fleet drift check [--fail-on-drift]                   # run the drift job once
+    bento-fleet drift report [--html drift.html]                # check, table + HTML with plots
+    bento-fleet ab report [--control NAME] [--since-hours H] [--html ab.html] [--json ab.json]
+
+Settings come from the same place as the service's (BENTO_FLEET_CONFIG, BENTO_FLEET_* env),
+so on a host provisioned by the bento_service role it reads the same database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .settings import get_settings
+from .store.log import make_engine, migrate
+
+EXIT_DRIFT = 3  # `drift check --fail-on-drift` when a feature drifted: for cron and CI
+
+
+def _engine(settings):
+    engine = make_engine(settings.database_url, settings.database.connect_timeout_s)
+    migrate(engine)
+    return engine
+
+
+def drift_reference(args, settings) -> int:
+    from .drift import Profile
+    from .model_ops import reference_from_images
+    from .store import drift as drift_store
+
+    engine = _engine(settings)
+    variants = {v.name: v for v in settings.model_variants}
+    variant = variants.get(args.variant) if args.variant else settings.model_variants[0]
+    if variant is None:
+        print(f"no variant named {args.variant!r}; known: {', '.join(variants)}", file=sys.stderr)
+        return 2
+    name, version = variant.model.name or variant.model.architecture, variant.model.version
+    if args.images:
+        profile = reference_from_images(settings, Path(args.images), variant.name)
+        source = f"images in {args.images}"
+    else:
+        profile = Profile.from_observations(
+            drift_store.first_predictions(engine, version, args.first)
+        )
+        source = f"first {args.first} predictions"
+        if profile.samples < args.first:
+            print(
+                f"only {profile.samples} predictions of version {version} are logged; "
+                f"{args.first} were asked for",
+                file=sys.stderr,
+            )
+            return 2
+    drift_store.save_reference(engine, name, version, source, profile)
+    print(f"reference for {name} version {version}: {profile.samples} images ({source})")
+    return 0
+
+
+def drift_check(args, settings) -> int:
+    from .model_ops import model_versions, run_drift_check
+    from .reports import drift_html, drift_text
+
+    engine = _engine(settings)
+    checks = [
+        run_drift_check(engine, settings, name, version)
+        for name, version in model_versions(settings)
+    ]
+    print(drift_text(checks))
+    if getattr(args, "html", None):
+        Path(args.html).write_text(drift_html(checks))
+        print(f"HTML report: {args.html}")
+    if getattr(args, "fail_on_drift", False) and any(check.drifted for check in checks):
+        return EXIT_DRIFT
+    return 0
+
+
+def ab_report_command(args, settings) -> int:
+    from .ab import ab_report
+    from .reports import ab_html, ab_text
+
+    try:
+        summaries, comparisons = ab_report(_engine(settings), args.control, args.since_hours)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(ab_text(summaries, comparisons))
+    if args.html:
+        Path(args.html).write_text(ab_html(summaries, comparisons))
+        print(f"HTML report: {args.html}")
+    if args.json:
+        report = {
+            "variants": [summary.as_dict() for summary in summaries],
+            "comparisons": [comparison.as_dict() for comparison in comparisons],
+        }
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="bento-fleet", description=__doc__.split("\n\n")[0])
+    groups = root.add_subparsers(dest="group", required=True)
+
+    drift = groups.add_parser("drift", help="drift detection").add_subparsers(
+        dest="command", required=True
+    )
+    reference = drift.add_parser("reference", help="store a reference profile")
+    source = reference.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", metavar="DIR", help="a folder of known-good images")
+    source.add_argument("--first", type=int, metavar="N", help="the first N predictions logged")
+    reference.add_argument("--variant", help="whose model profiles the images (default: first)")
+    reference.set_defaults(run=drift_reference)
+    check = drift.add_parser("check", help="compare the recent window with the reference")
+    check.add_argument("--fail-on-drift", action="store_true", help=f"exit {EXIT_DRIFT} on drift")
+    check.set_defaults(run=drift_check)
+    report = drift.add_parser("report", help="check, then a table and an HTML report")
+    report.add_argument("--html", default="drift-report.html", help="where the HTML goes")
+    report.set_defaults(run=drift_check)
+
+    ab = groups.add_parser("ab", help="A/B and shadow testing").add_subparsers(
+        dest="command", required=True
+    )
+    ab_report = ab.add_parser("report", help="per-variant figures and a verdict")
+    ab_report.add_argument("--control", help="the variant in place (default: most requests)")
+    ab_report.add_argument("--since-hours", type=float, help="only predictions this recent")
+    ab_report.add_argument("--html", help="also write an HTML report here")
+    ab_report.add_argument("--json", help="also write the figures as JSON here")
+    ab_report.set_defaults(run=ab_report_command)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.run(args, get_settings())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

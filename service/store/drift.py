@@ -153,17 +153,17 @@ def latest_results(engine: Engine, model_version: str) -> StoredRun | None:
             return None
         rows = connection.execute(
             select(DriftResult).where(DriftResult.run_id == head[0]).order_by(DriftResult.id)
-        ).scalars()
+        ).mappings()
         results = [
             FeatureDrift(
-                row.feature,
-                row.test,
-                row.statistic,
-                row.p_value,
-                row.threshold,
-                row.drifted,
-                row.reference_samples,
-                row.current_samples,
+                row["feature"],
+                row["test"],
+                row["statistic"],
+                row["p_value"],
+                row["threshold"],
+                bool(row["drifted"]),
+                row["reference_samples"],
+                row["current_samples"],
             )
             for row in rows
         ]

@@ -1,0 +1,123 @@
+"""A/B variants and shadows on the real service: sticky assignment, a healthy shadow logged
+beside the answer, and a broken candidate (its output is NaN) that clients never notice: it
+is refused at load, reported, and the service serves on. A shadow failing per request is
+contained the same way (tests/unit/test_shadow.py)."""
+
+import time
+
+import httpx
+import pytest
+import torch
+import yaml
+from sqlalchemy import create_engine, text
+from support import ServiceProcess, metric, photo
+
+from service.model import default_weights_path
+
+
+@pytest.fixture(scope="module")
+def ab_service(tmp_path_factory):
+    state = tmp_path_factory.mktemp("variants")
+    weights = torch.load(default_weights_path(), map_location="cpu", weights_only=True)
+    broken = {name: tensor.float() * float("nan") for name, tensor in weights.items()}
+    torch.save(broken, state / "nan.pth")
+    config = {
+        "batching": {"calibrate": False, "max_latency_ms": 60000},
+        "feedback": {"lookup_wait_s": 1},
+        "drift": {"interval_s": 0},
+        "variants": [
+            {"name": "main", "weight": 1, "model": {"version": "1"}},
+            {"name": "candidate", "weight": 1, "model": {"version": "2", "input_size": 256}},
+            {"name": "shadow-ok", "shadow": True, "model": {"version": "3"}},
+            {
+                "name": "shadow-nan",
+                "shadow": True,
+                "model": {"version": "4", "weights_path": str(state / "nan.pth")},
+            },
+        ],
+    }
+    (state / "config.yaml").write_text(yaml.safe_dump(config))
+    server = ServiceProcess(state, {"BENTO_FLEET_CONFIG": str(state / "config.yaml")}).start()
+    yield server
+    server.stop()
+
+
+def classify(service, key=None, request_id=None):
+    headers = {"X-Client-Key": key} if key else {}
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    answer = httpx.post(
+        service.url + "/classify",
+        files={"image": ("coffee.png", photo("coffee.png"))},
+        headers=headers,
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_a_client_key_sticks_and_keys_spread_over_both_variants(ab_service):
+    for key in ("alice", "bob"):
+        assert len({classify(ab_service, key)["variant"] for _ in range(6)}) == 1
+    seen = {classify(ab_service, f"client-{i}")["variant"] for i in range(24)}
+    assert seen == {"main", "candidate"}  # P(one variant only) = 2 * 0.5**24
+
+
+def test_the_broken_shadow_never_reaches_clients(ab_service, service):
+    plain = httpx.post(
+        service.url + "/classify", files={"image": ("c.png", photo("coffee.png"))}, timeout=60
+    ).json()
+    answers = [classify(ab_service, "alice") for _ in range(5)]
+    for answer in answers:
+        if answer["variant"] == "main":  # same model, same image: same answer as no shadows
+            assert answer["top_k"] == plain["top_k"]
+        assert answer["label"] == "espresso"
+    card = httpx.get(ab_service.url + "/model", timeout=30).json()
+    ready = {v["name"]: v["ready"] for v in card["variants"]}
+    assert ready == {
+        "main": True,
+        "candidate": True,
+        "shadow-ok": True,
+        "shadow-nan": False,
+    }
+    (nan,) = [v for v in card["variants"] if v["name"] == "shadow-nan"]
+    assert "non-finite output" in nan["load_error"]
+    assert metric(ab_service, 'bento_fleet_variant_up{role="shadow",variant="shadow-nan"}') == 0
+
+
+def test_the_log_holds_served_and_shadow_answers_with_their_variant(ab_service):
+    classify(ab_service, request_id="ab-logged")
+    db = create_engine(f"sqlite:///{ab_service.state_dir}/predictions.db")
+    deadline = time.monotonic() + 20
+    while True:
+        with db.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT variant, role, model_version FROM predictions"
+                    " WHERE request_id = 'ab-logged'"
+                )
+            ).all()
+        if len(rows) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    served = [r for r in rows if r.role == "serve"]
+    assert len(served) == 1 and served[0].variant in ("main", "candidate")
+    assert [(r.variant, r.model_version) for r in rows if r.role == "shadow"] == [
+        ("shadow-ok", "3")
+    ]
+
+
+def test_feedback_scores_the_shadow_on_the_same_images(ab_service):
+    for i in range(3):
+        classify(ab_service, request_id=f"ab-fb-{i}")
+    time.sleep(1.5)
+    for i in range(3):
+        answer = httpx.post(
+            ab_service.url + "/feedback",
+            json={"request_id": f"ab-fb-{i}", "label": "espresso"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+    stats = httpx.get(ab_service.url + "/stats", timeout=30).json()
+    shadow = [a for a in stats["accuracy"] if a["variant"] == "shadow-ok"]
+    assert shadow and shadow[0]["role"] == "shadow" and shadow[0]["top1"] == 1.0

@@ -3,7 +3,8 @@
 A profile is a sample of per-image features: the input statistics logged with every prediction
 (brightness, contrast, saturation, sharpness, width, height, aspect ratio, file size), the
 model's confidence, and the top-class counts. Continuous features are compared with SciPy's
-two-sample Kolmogorov-Smirnov test, the top class with the population stability index (PSI) backed by a chi-square test.
+two-sample Kolmogorov-Smirnov test, the top class with the population stability index (PSI)
+backed by a chi-square test.
 A continuous feature drifts when its KS p-value is below `ks_alpha` and its KS distance is at
 least `ks_min_statistic`: with hundreds of samples a harmless shift (the same photos saved at
 another JPEG quality) is already "significant", and an alarm should mean the inputs changed.

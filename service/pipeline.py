@@ -146,7 +146,13 @@ class ClassificationPipeline:
 
     @property
     def ready(self) -> bool:
-        return all(v.ready for v in self.variants.values() if not v.shadow)
+        """Every serving variant warm, and every shadow settled: loaded, or failed and reported.
+        A shadow never keeps the service down, but /readyz waits for its verdict, so a deploy
+        sees the whole set of variants it configured."""
+        return all(
+            v.ready if not v.shadow else (v.ready or v.load_error is not None)
+            for v in self.variants.values()
+        )
 
     def require_ready(self) -> Classifier:
         if not self.ready:

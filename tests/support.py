@@ -55,6 +55,18 @@ def metric(service, name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def accuracy_of(service, variant, samples, timeout_s=30):
+    """The variant's accuracy from /stats once it counts `samples` labels."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = httpx.get(service.url + "/stats", timeout=30).json()
+        found = [a for a in stats["accuracy"] if a["variant"] == variant]
+        if found and found[0]["samples"] >= samples:
+            return found[0]
+        assert time.monotonic() < deadline, f"no accuracy for {variant} in /stats: {stats}"
+        time.sleep(0.5)
+
+
 class ServiceProcess:
     """`bentoml serve` from the repository root as a real process on a loopback port."""
 

@@ -17,6 +17,7 @@ def service(tmp_path_factory):
             "BENTO_FLEET_BATCHING__MAX_LATENCY_MS": "60000",
             # An unknown request id is answered 404 after this wait for the log's flush.
             "BENTO_FLEET_FEEDBACK__LOOKUP_WAIT_S": "1",
+            "BENTO_FLEET_FEEDBACK__REFRESH_S": "1",
         },
     ).start()
     yield server

@@ -14,6 +14,8 @@ ALERTS = {
     "BentoFleetHighLatencyP99",
     "BentoFleetBatchQueueSaturated",
     "BentoFleetGpuMemoryHigh",
+    "BentoFleetInputDrift",
+    "BentoFleetAccuracyLow",
     "BentoFleetExporterDown",
     "BentoFleetBackupTooOld",
     "BentoFleetBackupMissing",

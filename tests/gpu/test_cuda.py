@@ -3,12 +3,11 @@ the same answers as float32 on the CPU, and `bentoml serve` serving from the GPU
 
 Not part of `make test`, which must pass on machines without a GPU; the README records a run."""
 
-import re
 
 import httpx
 import pytest
 import torch
-from support import ServiceProcess, photo
+from support import ServiceProcess, metric, photo
 
 from service.model import Classifier
 from service.settings import Settings
@@ -58,12 +57,6 @@ def test_bfloat16_is_selectable():
     assert classifier.labels[probabilities(classifier)[0].argmax().item()] == "espresso"
 
 
-def gauge(body: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", body, re.MULTILINE)
-    assert match, f"{name} is not in /metrics"
-    return float(match.group(1))
-
-
 def test_the_service_serves_from_the_gpu(tmp_path):
     server = ServiceProcess(tmp_path).start()
     try:
@@ -73,11 +66,10 @@ def test_the_service_serves_from_the_gpu(tmp_path):
             server.url + "/classify", files={"image": ("coffee.png", photo("coffee.png"))}
         )
         assert answer.status_code == 200 and answer.json()["label"] == "espresso", answer.text
-        metrics = httpx.get(server.url + "/metrics", timeout=10).text
         assert (
             0
-            < gauge(metrics, "bento_fleet_gpu_memory_allocated_bytes")
-            < gauge(metrics, "bento_fleet_gpu_memory_total_bytes")
+            < metric(server, "bento_fleet_gpu_memory_allocated_bytes")
+            < metric(server, "bento_fleet_gpu_memory_total_bytes")
         )
     finally:
         server.stop()

@@ -1,5 +1,10 @@
 """A/B and shadow analysis of the prediction log: what each variant did, and whether the
-difference in accuracy (from feedback) is real or noise, in plain words."""
+difference in accuracy (from feedback) is real or noise, in plain words.
+
+Two serving variants answer different requests, so their accuracies are compared as two
+independent proportions (a two-proportion z-test). A shadow answers the control's own images,
+so each labelled image is a pair: only the images on which exactly one of them is right carry
+information, and McNemar's exact test on those is far more sensitive than the unpaired test."""
 
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ class VariantSummary:
     agreement: float | None = None  # with the control, on the same images
     compared: int = 0  # images both answered
     answers: dict[tuple[str, int], int] = field(default_factory=dict, repr=False)
+    truths: dict[tuple[str, int], int] = field(default_factory=dict, repr=False)
 
     @property
     def accuracy(self) -> float | None:
@@ -71,10 +77,13 @@ class Comparison:
     candidate: str
     control_accuracy: float | None
     candidate_accuracy: float | None
-    z: float | None
+    test: str | None  # two_proportion_z | mcnemar_exact; None without a verdict
+    statistic: float | None  # z, or for McNemar the candidate's share of the discordant pairs
     p_value: float | None
     verdict: str  # promote | keep | no_difference | not_enough_data
     recommendation: str
+    labelled: int | None = None  # for a paired test: images both answered, with feedback
+    discordant: tuple[int, int] | None = None  # (only the control right, only the candidate)
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -90,6 +99,27 @@ def two_proportion_z_test(hits_a: int, n_a: int, hits_b: int, n_b: int) -> tuple
     return z, float(2 * stats.norm.sf(abs(z)))
 
 
+def mcnemar_exact(only_control: int, only_candidate: int) -> float:
+    """Two-sided p-value of McNemar's exact test: under H0 a discordant pair is a coin toss."""
+    discordant = only_control + only_candidate
+    if discordant == 0:
+        return 1.0
+    return float(stats.binomtest(only_candidate, discordant, 0.5).pvalue)
+
+
+def paired_labels_needed(only_control: int, only_candidate: int, pairs: int) -> int | None:
+    """Labelled images both answer to detect this paired difference (Connor, 1987)."""
+    discordant, difference = (
+        (only_control + only_candidate) / pairs,
+        (only_candidate - only_control) / pairs,
+    )
+    if difference == 0:
+        return None
+    z_alpha, z_power = stats.norm.isf(ALPHA / 2), stats.norm.isf(1 - POWER)
+    root = z_alpha * math.sqrt(discordant) + z_power * math.sqrt(discordant - difference**2)
+    return math.ceil(root**2 / difference**2)
+
+
 def labels_needed(p_a: float, p_b: float) -> int | None:
     """Labelled answers per variant to detect this difference (two-sided ALPHA, POWER)."""
     if p_a == p_b:
@@ -99,49 +129,95 @@ def labels_needed(p_a: float, p_b: float) -> int | None:
     return math.ceil((z_alpha + z_power) ** 2 * variance / (p_a - p_b) ** 2)
 
 
-def compare_variants(control: VariantSummary, candidate: VariantSummary) -> Comparison:
-    names = (control.variant, candidate.variant)
-    if min(control.labelled, candidate.labelled) < MIN_LABELS:
-        return Comparison(
-            *names,
-            control.accuracy,
-            candidate.accuracy,
-            None,
-            None,
-            "not_enough_data",
-            f"Not enough feedback yet: {control.labelled} labelled answers for "
-            f"{control.variant} and {candidate.labelled} for {candidate.variant}; "
-            f"at least {MIN_LABELS} each are needed for a verdict.",
-        )
-    z, p = two_proportion_z_test(
-        control.correct, control.labelled, candidate.correct, candidate.labelled
+def _not_enough(control: str, candidate: str, reason: str, a, b) -> Comparison:
+    """No verdict: `reason` says what feedback there is and what is needed."""
+    return Comparison(
+        control,
+        candidate,
+        a,
+        b,
+        None,
+        None,
+        None,
+        "not_enough_data",
+        f"Not enough feedback yet: {reason} for a verdict.",
     )
-    a, b = control.accuracy, candidate.accuracy
+
+
+def _judged(
+    control: str, candidate: str, a: float, b: float, p: float, needed: int | None, **test
+) -> Comparison:
+    """The verdict and its plain-language recommendation, whichever test gave p."""
     figures = f"{b:.1%} vs {a:.1%}, p = {p:.3g}"
     if p < ALPHA and b > a:
         verdict, text = (
             "promote",
-            f"Promote {candidate.variant}: it is more accurate than {control.variant} "
-            f"({figures}); the difference is unlikely to be chance.",
+            f"Promote {candidate}: it is more accurate than {control} ({figures}); "
+            "the difference is unlikely to be chance.",
         )
     elif p < ALPHA:
-        verdict, text = (
-            "keep",
-            f"Keep {control.variant}: {candidate.variant} is less accurate ({figures}).",
-        )
+        verdict, text = "keep", f"Keep {control}: {candidate} is less accurate ({figures})."
     else:
-        needed = labels_needed(a, b)
-        more = (
-            f" About {needed} labelled answers per variant would detect a difference this size."
-            if needed
-            else ""
+        unit = (
+            "labelled images both answer"
+            if test.get("labelled")
+            else "labelled answers per variant"
         )
+        more = f" About {needed} {unit} would detect a difference this size." if needed else ""
         verdict, text = (
             "no_difference",
-            f"No significant difference between {candidate.variant} and {control.variant} "
-            f"({figures}); keep {control.variant} or collect more feedback.{more}",
+            f"No significant difference between {candidate} and {control} ({figures}); "
+            f"keep {control} or collect more feedback.{more}",
         )
-    return Comparison(*names, a, b, z, p, verdict, text)
+    return Comparison(
+        control, candidate, a, b, p_value=p, verdict=verdict, recommendation=text, **test
+    )
+
+
+def compare_variants(control: VariantSummary, candidate: VariantSummary) -> Comparison:
+    """Two variants that answered different requests: a two-proportion z-test on accuracy."""
+    names = (control.variant, candidate.variant)
+    if min(control.labelled, candidate.labelled) < MIN_LABELS:
+        reason = (
+            f"{control.labelled} labelled answers for {control.variant} and "
+            f"{candidate.labelled} for {candidate.variant}; at least {MIN_LABELS} each are needed"
+        )
+        return _not_enough(*names, reason, control.accuracy, candidate.accuracy)
+    z, p = two_proportion_z_test(
+        control.correct, control.labelled, candidate.correct, candidate.labelled
+    )
+    a, b = control.accuracy, candidate.accuracy
+    return _judged(*names, a, b, p, labels_needed(a, b), test="two_proportion_z", statistic=z)
+
+
+def compare_paired(control: VariantSummary, candidate: VariantSummary) -> Comparison:
+    """A shadow and the control on the same labelled images: McNemar's exact test."""
+    names = (control.variant, candidate.variant)
+    shared = candidate.answers.keys() & control.answers.keys() & control.truths.keys()
+    if len(shared) < MIN_LABELS:
+        reason = (
+            f"{len(shared)} labelled images answered by both {control.variant} and "
+            f"{candidate.variant}; at least {MIN_LABELS} are needed"
+        )
+        return _not_enough(*names, reason, control.accuracy, candidate.accuracy)
+    control_right = {key for key in shared if control.answers[key] == control.truths[key]}
+    candidate_right = {key for key in shared if candidate.answers[key] == control.truths[key]}
+    only_control, only_candidate = (
+        len(control_right - candidate_right),
+        len(candidate_right - control_right),
+    )
+    discordant = only_control + only_candidate
+    return _judged(
+        *names,
+        len(control_right) / len(shared),
+        len(candidate_right) / len(shared),
+        mcnemar_exact(only_control, only_candidate),
+        paired_labels_needed(only_control, only_candidate, len(shared)),
+        test="mcnemar_exact",
+        statistic=only_candidate / discordant if discordant else None,
+        labelled=len(shared),
+        discordant=(only_control, only_candidate),
+    )
 
 
 def summarise(
@@ -171,6 +247,7 @@ def summarise(
     summaries: dict[tuple[str, str], VariantSummary] = {}
     requests: dict[tuple[str, str], set[str]] = defaultdict(set)
     answers: dict[tuple[str, str], dict[tuple[str, int], int]] = defaultdict(dict)
+    truths: dict[tuple[str, str], dict[tuple[str, int], int]] = defaultdict(dict)
     with engine.connect() as connection:
         for (
             variant,
@@ -191,11 +268,12 @@ def summarise(
             requests[key].add(request_id)
             answers[key][(request_id, index)] = predicted
             if truth is not None:
+                truths[key][(request_id, index)] = truth
                 summary.labelled += 1
                 summary.correct += predicted == truth
     for key, summary in summaries.items():
         summary.requests = len(requests[key])
-        summary.answers = answers[key]
+        summary.answers, summary.truths = answers[key], truths[key]
     return sorted(summaries.values(), key=lambda s: (s.role != "serve", -s.requests))
 
 
@@ -216,4 +294,7 @@ def ab_report(engine: Engine, control: str | None = None, since_hours: float | N
         other.compared = len(shared)
         if shared:
             other.agreement = sum(other.answers[k] == head.answers[k] for k in shared) / len(shared)
-    return summaries, [compare_variants(head, other) for other in others]
+    return summaries, [
+        (compare_paired if other.role == "shadow" else compare_variants)(head, other)
+        for other in others
+    ]

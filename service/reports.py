@@ -241,20 +241,32 @@ def ab_text(summaries: Sequence[VariantSummary], comparisons: Sequence[Compariso
         return "no predictions in the log yet"
     lines = [table(AB_HEADERS, _ab_rows(summaries)), ""]
     for comparison in comparisons:
-        test = (
-            f" (z = {comparison.z:.2f}, p = {comparison.p_value:.3g})"
-            if comparison.z is not None
-            else ""
-        )
+        test = _test_figures(comparison)
         lines.append(f"{comparison.candidate} vs {comparison.control}: {comparison.verdict}{test}")
         lines.append(f"  {comparison.recommendation}")
     return "\n".join(lines)
 
 
+def _test_figures(comparison: Comparison) -> str:
+    """Which test gave the verdict and its figures, for a reader who wants to check it."""
+    if comparison.test == "two_proportion_z":
+        z, p = comparison.statistic, comparison.p_value
+        return f" (two-proportion z-test: z = {z:.2f}, p = {p:.3g})"
+    if comparison.test == "mcnemar_exact":
+        only_control, only_candidate = comparison.discordant
+        return (
+            f" (McNemar exact test on {comparison.labelled} shared labelled images: "
+            f"only {comparison.control} right on {only_control}, only {comparison.candidate} "
+            f"right on {only_candidate}, p = {comparison.p_value:.3g})"
+        )
+    return ""
+
+
 def ab_html(summaries: Sequence[VariantSummary], comparisons: Sequence[Comparison]) -> str:
     body = _html_table(AB_HEADERS, _ab_rows(summaries)) + "".join(
         f'<p class="verdict"><b>{html.escape(c.candidate)} vs {html.escape(c.control)}: '
-        f"{html.escape(c.verdict)}</b> &mdash; {html.escape(c.recommendation)}</p>"
+        f"{html.escape(c.verdict)}</b>{html.escape(_test_figures(c))} &mdash; "
+        f"{html.escape(c.recommendation)}</p>"
         for c in comparisons
     )
     return PAGE.format(title="bento-fleet A/B report", when=_now(), body=body)

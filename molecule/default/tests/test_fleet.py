@@ -1,15 +1,19 @@
 """The whole fleet, converged by site.yml: HTTPS classification through the gateway spread over
-both inference hosts, predictions in PostgreSQL, a hardened unit that survives kill -9."""
+both inference hosts, predictions in PostgreSQL, the `bento-fleet` command on the same log, a
+hardened unit that survives kill -9."""
 
+import json
 import re
 import time
 
+import httpx
 import pytest
 from fleet import (
     apps,
     classify,
     database,
     gateway,
+    gateway_url,
     private_address,
     service_get,
     wait_for,
@@ -38,6 +42,34 @@ def test_predictions_reach_postgresql_on_the_database_host():
         return database.run(f'sudo -u postgres psql -d predictions -tAc "{query}"').stdout.strip()
 
     assert wait_for(stored, timeout=30) == "espresso"
+
+
+def test_the_bento_fleet_command_reports_on_the_fleets_own_log():
+    """`sudo bento-fleet ab report` on an inference host reads PostgreSQL with the unit's secrets:
+    a label sent through the gateway shows up as a labelled answer of variant main."""
+    request_id = classify().json()["request_id"]
+    feedback = httpx.post(
+        gateway_url("/feedback"),
+        json={"request_id": request_id, "label": "espresso"},
+        verify=False,
+        timeout=60,
+    )
+    assert feedback.status_code == 200, feedback.text
+    app = apps[0]
+
+    def labelled_main():
+        run = app.run("cd /tmp && bento-fleet ab report --json ab-report.json")
+        assert run.rc == 0, run.stdout + run.stderr
+        report = json.loads(app.file("/tmp/ab-report.json").content_string)
+        main = [v for v in report["variants"] if v["variant"] == "main"]
+        return main[0] if main and main[0]["labelled"] else None
+
+    main = wait_for(labelled_main, timeout=60, interval=3)
+    assert main, "the label never showed in `bento-fleet ab report`"
+    assert main["requests"] >= 13 and main["accuracy"] == 1.0
+    assert app.file("/tmp/ab-report.json").user == "bento-fleet"  # it ran as the service user
+    refused = app.run("runuser -u nobody -- bento-fleet ab report")
+    assert refused.rc == 2 and "run it as root" in refused.stderr
 
 
 @pytest.mark.parametrize("app", apps, ids=["fleet-app1", "fleet-app2"])

@@ -1,9 +1,10 @@
 """The periodic side of model operations: the drift job and the accuracy gauges.
 
 In the service a daemon thread runs `ModelOps.tick` every few seconds. The drift job runs when
-the latest stored run for a model version is older than `drift.interval_s`, so several workers
-(or hosts) on one database share the work instead of repeating it; every worker then publishes
-the stored verdicts, so /metrics agrees wherever it is scraped. The CLI calls the same code.
+the latest stored run for a model version is older than `drift.interval_s`, by the one worker
+(of all the workers and hosts on the database) that claims its lease for that interval
+(store/leases.py); every worker then publishes the stored verdicts, so /metrics agrees wherever
+it is scraped. The CLI calls the same code, without a lease: a person asked for that run.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .drift import FeatureDrift, Observation, Profile, compare
 from .model import Classifier
 from .settings import Settings
 from .store import drift as drift_store
+from .store import leases
 from .store.feedback import Accuracy, accuracy
 
 log = logging.getLogger(__name__)
@@ -171,6 +173,7 @@ class ModelOps:
         self.accuracy_at = 0.0
         self.drift: dict[str, DriftCheck] = {}
         self.drift_at = float("-inf")
+        self.holder = leases.this_worker()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -210,10 +213,14 @@ class ModelOps:
             return self.accuracy
 
     def refresh_drift(self, name: str, version: str) -> DriftCheck | None:
+        interval = self.settings.drift.interval_s
         stored = drift_store.latest_results(self.engine, version)
         age = (datetime.now(UTC) - stored.created_at).total_seconds() if stored else None
-        if age is None or age >= self.settings.drift.interval_s:
+        due = age is None or age >= interval
+        if due and leases.claim(self.engine, f"drift:{version}", self.holder, interval):
             check = run_drift_check(self.engine, self.settings, name, version)
+        elif stored is None:  # the first check runs elsewhere, or found nothing to store yet
+            return self.drift.get(version)
         else:
             check = DriftCheck(
                 name,

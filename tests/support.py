@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -219,3 +220,19 @@ def photo_crops(count: int, seed: int = 0) -> list[Image.Image]:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         crops.append(crop)
     return crops
+
+
+def together(functions):
+    """Run the functions in threads released at the same instant; their results in order."""
+    start, results = threading.Barrier(len(functions)), [None] * len(functions)
+
+    def run(i):
+        start.wait()
+        results[i] = functions[i]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(functions))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results

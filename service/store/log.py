@@ -89,12 +89,17 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
-def insert_ignoring_duplicates(engine: Engine, records: list[PredictionRecord]) -> None:
+def dialect_insert(engine: Engine):
+    """The INSERT of the engine's dialect, which has ON CONFLICT DO NOTHING (both do)."""
     if engine.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    statement = insert(Prediction).on_conflict_do_nothing(index_elements=["id"])
+    return insert
+
+
+def insert_ignoring_duplicates(engine: Engine, records: list[PredictionRecord]) -> None:
+    statement = dialect_insert(engine)(Prediction).on_conflict_do_nothing(index_elements=["id"])
     with engine.begin() as connection:
         connection.execute(statement, [asdict(record) for record in records])
 

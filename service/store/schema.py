@@ -88,3 +88,13 @@ class DriftResult(Base):
     drifted: Mapped[bool] = mapped_column(Boolean)
     reference_samples: Mapped[int] = mapped_column(Integer)
     current_samples: Mapped[int] = mapped_column(Integer)
+
+
+class JobLease(Base):
+    """Who runs a periodic job (the drift check of a model version) until when: see leases.py."""
+
+    __tablename__ = "job_leases"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

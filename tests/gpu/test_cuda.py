@@ -3,7 +3,6 @@ the same answers as float32 on the CPU, and `bentoml serve` serving from the GPU
 
 Not part of `make test`, which must pass on machines without a GPU; the README records a run."""
 
-
 import httpx
 import pytest
 import torch

@@ -64,7 +64,7 @@ def test_records_are_migrated_and_written(make_log, tmp_path):
     assert wait_for(lambda: log.written == 25)
     assert sorted(rows(tmp_path / "db/p.db")) == sorted(f"req-{i}" for i in range(25))
     with create_engine(f"sqlite:///{tmp_path}/db/p.db").connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
 
 
 class FlakyInsert:
@@ -129,7 +129,7 @@ def test_spool_round_trip_keeps_every_field():
 
 
 def test_a_0001_log_upgrades_in_place_keeping_its_rows(tmp_path):
-    """Hosts already logging keep their history: 0002 adds columns with defaults."""
+    """Hosts already logging keep their history: 0002 adds columns with defaults, 0003 a table."""
     from alembic import command
     from alembic.config import Config
 
@@ -153,4 +153,4 @@ def test_a_0001_log_upgrades_in_place_keeping_its_rows(tmp_path):
         ).one()
         tables = {r[0] for r in connection.execute(text("SELECT name FROM sqlite_master"))}
     assert tuple(row) == ("r1", "main", "serve", 0, None)
-    assert {"feedback", "reference_profiles", "drift_results"} <= tables
+    assert {"feedback", "reference_profiles", "drift_results", "job_leases"} <= tables

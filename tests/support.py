@@ -222,17 +222,21 @@ def photo_crops(count: int, seed: int = 0) -> list[Image.Image]:
     return crops
 
 
-def together(functions):
-    """Run the functions in threads released at the same instant; their results in order."""
+def together(functions, timeout_s: float = 60):
+    """Run the functions in threads released at the same instant; their results in order.
+    A function still running after `timeout_s` fails the test (a hang, such as a deadlock)."""
     start, results = threading.Barrier(len(functions)), [None] * len(functions)
 
     def run(i):
         start.wait()
         results[i] = functions[i]()
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(functions))]
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(functions))]
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + timeout_s
     for thread in threads:
-        thread.join()
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [i for i, thread in enumerate(threads) if thread.is_alive()]
+    assert not stuck, f"calls {stuck} still running after {timeout_s} s"
     return results

@@ -25,13 +25,14 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from .schema import Prediction
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 0x62656E746F  # "bento": the advisory lock key migrations take turns under
 
 
 @dataclass
@@ -82,9 +83,14 @@ def make_engine(url: str, timeout_s: int) -> Engine:
 
 
 def migrate(engine: Engine) -> None:
+    """Bring the schema to Alembic's head. Every worker of every host does this on start; on
+    PostgreSQL they take turns under an advisory lock held until the migration commits, so the
+    next one finds the schema at head instead of failing to create the same tables."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

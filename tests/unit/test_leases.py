@@ -1,7 +1,7 @@
 """Job leases: of the workers that find the drift job due together, exactly one runs it.
 
 SQLite here (one file, one engine per worker, as separate processes would have); the same claim
-against a real PostgreSQL is in tests/integration/test_job_leases.py."""
+against a real PostgreSQL is in tests/integration/test_postgres_coordination.py."""
 
 from datetime import UTC, datetime, timedelta
 

@@ -89,10 +89,16 @@ def migrate(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        wait_for_migration_turn(connection)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def wait_for_migration_turn(connection) -> None:
+    """On PostgreSQL, wait for the advisory lock that migrations take turns under; it is held
+    until `connection`'s transaction ends. SQLite serialises writers by itself."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
 
 
 def dialect_insert(engine: Engine):

@@ -1,7 +1,7 @@
 """Alembic environment: the service passes its connection; the CLI reads the service's settings."""
 
 from alembic import context
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
 from service.store.schema import Base
 
@@ -19,10 +19,9 @@ if connection is not None:
     run_migrations(connection)
 else:  # `alembic upgrade head` from the repository root
     from service.settings import get_settings
-    from service.store.log import MIGRATION_LOCK
+    from service.store.log import wait_for_migration_turn
 
     with create_engine(get_settings().database_url).connect() as conn:
-        if conn.dialect.name == "postgresql":  # in turn with the services' workers (log.migrate)
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        wait_for_migration_turn(conn)  # in turn with the services' workers (log.migrate)
         run_migrations(conn)
         conn.commit()

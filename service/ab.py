@@ -246,8 +246,6 @@ def summarise(
         query = query.where(Prediction.created_at >= since)
     summaries: dict[tuple[str, str], VariantSummary] = {}
     requests: dict[tuple[str, str], set[str]] = defaultdict(set)
-    answers: dict[tuple[str, str], dict[tuple[str, int], int]] = defaultdict(dict)
-    truths: dict[tuple[str, str], dict[tuple[str, int], int]] = defaultdict(dict)
     with engine.connect() as connection:
         for (
             variant,
@@ -266,14 +264,13 @@ def summarise(
             summary.confidences.append(confidence)
             summary.latencies_ms.append(latency)
             requests[key].add(request_id)
-            answers[key][(request_id, index)] = predicted
+            summary.answers[(request_id, index)] = predicted
             if truth is not None:
-                truths[key][(request_id, index)] = truth
+                summary.truths[(request_id, index)] = truth
                 summary.labelled += 1
                 summary.correct += predicted == truth
     for key, summary in summaries.items():
         summary.requests = len(requests[key])
-        summary.answers, summary.truths = answers[key], truths[key]
     return sorted(summaries.values(), key=lambda s: (s.role != "serve", -s.requests))
 
 

@@ -240,3 +240,11 @@ def together(functions, timeout_s: float = 60):
     stuck = [i for i, thread in enumerate(threads) if thread.is_alive()]
     assert not stuck, f"calls {stuck} still running after {timeout_s} s"
     return results
+
+
+def sqlalchemy_url(libpq_url: str) -> str:
+    """A libpq URL (as users and PostgresCluster write it) in the form SQLAlchemy needs: the
+    service's own settings do the conversion."""
+    from service.settings import DatabaseSettings
+
+    return DatabaseSettings(url=libpq_url).url

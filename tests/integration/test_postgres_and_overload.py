@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
-from support import ServiceProcess, jpeg_of
+from support import ServiceProcess, jpeg_of, sqlalchemy_url
 
 IMAGE = jpeg_of("coffee.png", (320, 240))
 
@@ -19,7 +19,7 @@ def classify(url: str) -> httpx.Response:
 
 
 def logged_ids(postgres) -> set[str]:
-    engine = create_engine(postgres.url.replace("postgresql://", "postgresql+psycopg://"))
+    engine = create_engine(sqlalchemy_url(postgres.url))
     try:
         with engine.connect() as conn:
             return {r[0] for r in conn.execute(text("SELECT request_id FROM predictions"))}

@@ -12,16 +12,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
-from support import together
+from support import sqlalchemy_url, together
 
 from service.store.leases import claim, holder_of
 from service.store.log import migrate
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def sqlalchemy_url(libpq_url: str) -> str:
-    return libpq_url.replace("postgresql://", "postgresql+psycopg://")
 
 
 @pytest.fixture

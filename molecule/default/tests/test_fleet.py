@@ -120,3 +120,19 @@ def test_the_verify_playbook_passes_through_the_gateway():
     result = run_playbook("playbooks/verify.yml", "-e", "verify_validate_certs=false")
     assert result.returncode == 0, result.stdout[-3000:]
     assert "espresso" in result.stdout and "not_an_image" in result.stdout
+
+
+def test_an_offline_install_without_a_wheelhouse_fails_early_naming_it():
+    settings = {"bento_service_pip_no_index": True, "bento_service_pip_find_links": []}
+    result = run_playbook(
+        "playbooks/inference.yml",
+        "--limit",
+        "fleet-app1",
+        "--tags",
+        "preflight",
+        "-e",
+        json.dumps(settings),
+    )
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0, output[-2000:]
+    assert "bento_service_pip_no_index is true but bento_service_pip_find_links is empty" in output

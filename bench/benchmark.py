@@ -54,7 +54,7 @@ def percentile(values: list[float], p: float) -> float:
 def measure_ceiling(images: list[bytes], seconds: float) -> dict:
     import torch
 
-    from service.model import Classifier
+    from service.serving.model import Classifier
     from service.settings import Settings
 
     classifier = Classifier(Settings())

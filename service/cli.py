@@ -30,9 +30,9 @@ def _engine(settings):
 
 
 def drift_reference(args, settings) -> int:
-    from .drift import Profile
-    from .model_ops import reference_from_images
-    from .store import drift as drift_store
+    from .modelops.drift import Profile
+    from .modelops.jobs import reference_from_images
+    from .store import drift_runs as drift_store
 
     engine = _engine(settings)
     variants = {v.name: v for v in settings.model_variants}
@@ -62,8 +62,8 @@ def drift_reference(args, settings) -> int:
 
 
 def drift_check(args, settings) -> int:
-    from .model_ops import model_versions, run_drift_check
-    from .reports import drift_html, drift_text
+    from .modelops.jobs import model_versions, run_drift_check
+    from .modelops.reports import drift_html, drift_text
 
     engine = _engine(settings)
     checks = [
@@ -80,8 +80,8 @@ def drift_check(args, settings) -> int:
 
 
 def ab_report_command(args, settings) -> int:
-    from .ab import ab_report
-    from .reports import ab_html, ab_text
+    from .modelops.ab import ab_report
+    from .modelops.reports import ab_html, ab_text
 
     try:
         summaries, comparisons = ab_report(_engine(settings), args.control, args.since_hours)

@@ -21,12 +21,12 @@ import bentoml
 from fastapi import FastAPI, File, Form, Request, Response, UploadFile
 from fastapi.responses import HTMLResponse
 
+from .api.feedback import FeedbackIn, record_feedback
+from .api.guards import MULTIPART_OVERHEAD, RequestGuard, install_error_handlers, request_id_of
 from .errors import ServiceError
-from .feedback import FeedbackIn, record_feedback
-from .http import MULTIPART_OVERHEAD, RequestGuard, install_error_handlers, request_id_of
-from .live_stats import LIVE
-from .model_ops import ModelOps
-from .pipeline import ClassificationPipeline
+from .modelops.jobs import ModelOps
+from .serving.live_stats import LIVE
+from .serving.pipeline import ClassificationPipeline
 from .settings import get_settings
 
 settings = get_settings()

@@ -1,4 +1,5 @@
-"""The prediction log: every prediction, written off the request path, never lost."""
+"""The database: the prediction log (spooled, never lost), drift runs and references, feedback
+labels, job leases, the schema and its migrations."""
 
 from .log import PredictionLog, PredictionRecord
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from support import ServiceProcess, metric, photo
 
-from service.model import Classifier
+from service.serving.model import Classifier
 from service.settings import Settings
 
 PHOTOS = ["coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png"]

@@ -16,7 +16,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from sqlalchemy import create_engine
 from support import ServiceProcess, encode, metric, photo_crops
 
-from service.store.drift import latest_results
+from service.store.drift_runs import latest_results
 
 COUNT = 80
 CLI = [str(Path(sys.executable).parent / "bento-fleet")]

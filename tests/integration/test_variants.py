@@ -12,7 +12,7 @@ import yaml
 from sqlalchemy import create_engine, text
 from support import ServiceProcess, accuracy_of, metric, photo
 
-from service.model import default_weights_path
+from service.serving.model import default_weights_path
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ from argparse import Namespace
 import pytest
 from sqlalchemy import create_engine
 
-from service.ab import (
+from service.cli import ab_report_command
+from service.modelops.ab import (
     ab_report,
     compare_variants,
     labels_needed,
@@ -15,9 +16,8 @@ from service.ab import (
     paired_labels_needed,
     two_proportion_z_test,
 )
-from service.cli import ab_report_command
 from service.settings import Settings
-from service.store.feedback import save_feedback
+from service.store.labels import save_feedback
 from service.store.log import PredictionRecord, insert_ignoring_duplicates, migrate
 
 
@@ -169,7 +169,7 @@ def test_the_cli_prints_the_recommendation_and_writes_json(engine, tmp_path, cap
 
 
 def test_compare_refuses_a_verdict_below_the_minimum():
-    from service.ab import VariantSummary
+    from service.modelops.ab import VariantSummary
 
     few = VariantSummary("a", "serve", "1", labelled=5, correct=5)
     many = VariantSummary("b", "serve", "2", labelled=500, correct=100)

@@ -6,8 +6,8 @@ import time
 import pytest
 import torch
 
-from service.batching import AdaptiveBatcher, choose_batch_cap
 from service.errors import ServiceError
+from service.serving.batching import AdaptiveBatcher, choose_batch_cap
 
 
 class RecordingModel:

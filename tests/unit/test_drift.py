@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from service.drift import Observation, Profile, compare, population_stability_index
+from service.modelops.drift import Observation, Profile, compare, population_stability_index
 from service.settings import DriftSettings
 
 

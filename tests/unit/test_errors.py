@@ -5,8 +5,8 @@ import json
 import pytest
 from fastapi.exceptions import RequestValidationError
 
+from service.api.guards import validation_error
 from service.errors import ERROR_STATUS, ServiceError, code_for_status, error_response
-from service.http import validation_error
 
 
 def test_error_response_shape_and_retry_after():

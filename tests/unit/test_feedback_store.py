@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import create_engine
 
-from service.store.feedback import accuracy, find_request, save_feedback
+from service.store.labels import accuracy, find_request, save_feedback
 from service.store.log import PredictionRecord, insert_ignoring_duplicates, migrate
 
 

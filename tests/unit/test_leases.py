@@ -10,10 +10,10 @@ from sqlalchemy import create_engine, func, select
 from support import together
 from test_drift import observations
 
-from service.drift import Profile
-from service.model_ops import ModelOps
+from service.modelops.drift import Profile
+from service.modelops.jobs import ModelOps
 from service.settings import Settings
-from service.store import drift as drift_store
+from service.store import drift_runs as drift_store
 from service.store.leases import claim, holder_of
 from service.store.log import PredictionRecord, insert_ignoring_duplicates, migrate
 from service.store.schema import DriftResult

@@ -3,8 +3,8 @@
 from PIL import Image, ImageEnhance, ImageFilter
 from support import PHOTOS
 
-from service.live_stats import LiveStats
-from service.preprocessing import image_statistics
+from service.serving.live_stats import LiveStats
+from service.serving.preprocessing import image_statistics
 
 
 def test_live_stats_percentiles_errors_and_batches():

@@ -5,7 +5,7 @@ import torch
 import torchvision
 from support import photo
 
-from service.model import Classifier
+from service.serving.model import Classifier
 from service.settings import Settings
 
 

@@ -7,8 +7,8 @@ from PIL import Image
 from support import encode, photo
 
 from service.errors import ServiceError
-from service.model import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD
-from service.preprocessing import Preprocessor, decode_image
+from service.serving.model import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD
+from service.serving.preprocessing import Preprocessor, decode_image
 
 MAX_PIXELS = 40_000_000
 RED = (200, 30, 30)

@@ -9,8 +9,8 @@ import time
 import torch
 
 from service import metrics
-from service.pipeline import ClassificationPipeline
-from service.preprocessing import DecodedInfo
+from service.serving.pipeline import ClassificationPipeline
+from service.serving.preprocessing import DecodedInfo
 from service.settings import Settings
 
 

@@ -5,8 +5,8 @@ import random
 import pytest
 from scipy import stats
 
+from service.serving.variants import VariantRouter, key_fraction
 from service.settings import Settings, VariantSettings
-from service.variants import VariantRouter, key_fraction
 
 
 def router(*weights, shadow_share=None, seed=0):

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 import torchvision
 
+from ..settings import DEFAULT_ARCHITECTURE, Settings
 from .preprocessing import Preprocessor
-from .settings import DEFAULT_ARCHITECTURE, Settings
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ServiceError
+from ..errors import ServiceError
 
 
 def choose_batch_cap(seconds_per_image: dict[int, float], tolerance: float = 0.10) -> int:

@@ -20,13 +20,13 @@ import torch
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import metrics
+from .. import metrics
+from ..serving.model import Classifier
+from ..settings import Settings
+from ..store import drift_runs as drift_store
+from ..store import leases
+from ..store.labels import Accuracy, accuracy
 from .drift import FeatureDrift, Observation, Profile, compare
-from .model import Classifier
-from .settings import Settings
-from .store import drift as drift_store
-from .store import leases
-from .store.feedback import Accuracy, accuracy
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}

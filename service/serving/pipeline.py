@@ -16,14 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from . import metrics
+from .. import metrics
+from ..errors import ServiceError
+from ..settings import Settings
+from ..store import PredictionLog, PredictionRecord
 from .batching import AdaptiveBatcher, BatchStats, choose_batch_cap
-from .errors import ServiceError
 from .live_stats import LIVE
 from .model import Classifier, Prediction
 from .preprocessing import DecodedInfo
-from .settings import Settings
-from .store import PredictionLog, PredictionRecord
 from .variants import Variant, VariantRouter
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, func, select
 
-from ..drift import FeatureDrift, Observation, Profile
+from ..modelops.drift import FeatureDrift, Observation, Profile
 from .schema import DriftResult, Prediction, ReferenceProfile
 
 

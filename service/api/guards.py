@@ -17,9 +17,9 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import metrics
-from .errors import ServiceError, code_for_status, error_body, error_response
-from .live_stats import LIVE
+from .. import metrics
+from ..errors import ServiceError, code_for_status, error_body, error_response
+from ..serving.live_stats import LIVE
 
 log = logging.getLogger(__name__)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")

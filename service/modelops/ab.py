@@ -17,7 +17,7 @@ import numpy as np
 from scipy import stats
 from sqlalchemy import Engine, and_, select
 
-from .store.schema import Feedback, Prediction
+from ..store.schema import Feedback, Prediction
 
 ALPHA = 0.05
 POWER = 0.8

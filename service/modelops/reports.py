@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # no display on servers; before pyplot is imported
 import matplotlib.pyplot as plt
 
 from .ab import Comparison, VariantSummary
-from .model_ops import DriftCheck
+from .jobs import DriftCheck
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
-from .settings import DriftSettings
+from ..settings import DriftSettings
 
 CONTINUOUS_FEATURES = (
     "brightness",

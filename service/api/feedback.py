@@ -8,10 +8,10 @@ import time
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import metrics
-from .errors import ServiceError
-from .pipeline import ClassificationPipeline
-from .store.feedback import ServedRequest, find_request, save_feedback
+from .. import metrics
+from ..errors import ServiceError
+from ..serving.pipeline import ClassificationPipeline
+from ..store.labels import ServedRequest, find_request, save_feedback
 
 
 class FeedbackIn(BaseModel):

@@ -16,7 +16,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ServiceError
+from ..errors import ServiceError
 
 # Pillow's names for the formats the API accepts (MPO is how Pillow names multi-picture JPEGs).
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})

@@ -15,9 +15,9 @@ import random
 from dataclasses import dataclass, field
 from itertools import accumulate
 
+from ..settings import VariantSettings
 from .batching import AdaptiveBatcher
 from .model import Classifier
-from .settings import VariantSettings
 
 
 def key_fraction(key: str) -> float:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from .settings import get_settings
-from .store.log import make_engine, migrate
+from .store.db import make_engine, migrate
 
 EXIT_DRIFT = 3  # `drift check --fail-on-drift` when a feature drifted: for cron and CI
 

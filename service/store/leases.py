@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, select, update
 
-from .log import dialect_insert
+from .db import dialect_insert
 from .schema import JobLease
 
 NEVER_HELD = datetime(1970, 1, 1, tzinfo=UTC)

@@ -14,8 +14,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from support import sqlalchemy_url, together
 
+from service.store.db import migrate
 from service.store.leases import claim, holder_of
-from service.store.log import migrate
 
 REPO = Path(__file__).resolve().parents[2]
 

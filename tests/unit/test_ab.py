@@ -17,8 +17,9 @@ from service.modelops.ab import (
     two_proportion_z_test,
 )
 from service.settings import Settings
+from service.store.db import migrate
 from service.store.labels import save_feedback
-from service.store.log import PredictionRecord, insert_ignoring_duplicates, migrate
+from service.store.log import PredictionRecord, insert_ignoring_duplicates
 
 
 def seed(engine, variant, n, accuracy, role="serve", prefix=None, rng=None, answers=None):

@@ -5,8 +5,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import create_engine
 
+from service.store.db import migrate
 from service.store.labels import accuracy, find_request, save_feedback
-from service.store.log import PredictionRecord, insert_ignoring_duplicates, migrate
+from service.store.log import PredictionRecord, insert_ignoring_duplicates
 
 
 @pytest.fixture

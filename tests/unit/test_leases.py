@@ -14,8 +14,9 @@ from service.modelops.drift import Profile
 from service.modelops.jobs import ModelOps
 from service.settings import Settings
 from service.store import drift_runs as drift_store
+from service.store.db import migrate
 from service.store.leases import claim, holder_of
-from service.store.log import PredictionRecord, insert_ignoring_duplicates, migrate
+from service.store.log import PredictionRecord, insert_ignoring_duplicates
 from service.store.schema import DriftResult
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
+import service.store.db as store_db
 import service.store.log as store_log
 from service.store import PredictionLog, PredictionRecord
 
@@ -135,7 +136,7 @@ def test_a_0001_log_upgrades_in_place_keeping_its_rows(tmp_path):
 
     engine = create_engine(f"sqlite:///{tmp_path}/old.db")
     config = Config()
-    config.set_main_option("script_location", str(store_log.MIGRATIONS))
+    config.set_main_option("script_location", str(store_db.MIGRATIONS))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "0001")
@@ -146,7 +147,7 @@ def test_a_0001_log_upgrades_in_place_keeping_its_rows(tmp_path):
                 " 10.0, 64, 48, 500)"
             )
         )
-    store_log.migrate(engine)
+    store_db.migrate(engine)
     with engine.connect() as connection:
         row = connection.execute(
             text("SELECT request_id, variant, role, item_index, brightness FROM predictions")

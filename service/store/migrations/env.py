@@ -19,9 +19,9 @@ if connection is not None:
     run_migrations(connection)
 else:  # `alembic upgrade head` from the repository root
     from service.settings import get_settings
-    from service.store.log import wait_for_migration_turn
+    from service.store.db import wait_for_migration_turn
 
     with create_engine(get_settings().database_url).connect() as conn:
-        wait_for_migration_turn(conn)  # in turn with the services' workers (log.migrate)
+        wait_for_migration_turn(conn)  # in turn with the services' workers (db.migrate)
         run_migrations(conn)
         conn.commit()

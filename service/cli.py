@@ -35,14 +35,14 @@ def drift_reference(args, settings) -> int:
     from .store import drift_runs as drift_store
 
     engine = _engine(settings)
-    variants = {v.name: v for v in settings.model_variants}
-    variant = variants.get(args.variant) if args.variant else settings.model_variants[0]
-    if variant is None:
-        print(f"no variant named {args.variant!r}; known: {', '.join(variants)}", file=sys.stderr)
+    try:
+        variant = settings.variant(args.variant)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return 2
-    name, version = variant.model.name or variant.model.architecture, variant.model.version
+    name, version = variant.model.display_name, variant.model.version
     if args.images:
-        profile = reference_from_images(settings, Path(args.images), variant.name)
+        profile = reference_from_images(settings, Path(args.images), variant)
         source = f"images in {args.images}"
     else:
         profile = Profile.from_observations(

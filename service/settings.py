@@ -48,6 +48,11 @@ class ModelSettings(BaseModel):
     )
     std: tuple[float, float, float] | None = None
 
+    @property
+    def display_name(self) -> str:
+        """The name answers, the prediction log and the model card give the model."""
+        return self.name or self.architecture
+
     @model_validator(mode="after")
     def _weights_needed_for_other_architectures(self) -> ModelSettings:
         if self.architecture != DEFAULT_ARCHITECTURE and self.weights_path is None:
@@ -198,6 +203,16 @@ class Settings(BaseSettings):
     def model_variants(self) -> list[VariantSettings]:
         """The configured variants, or the single `model` as variant main."""
         return self.variants or [VariantSettings(name="main", model=self.model, weight=1.0)]
+
+    def variant(self, name: str | None = None) -> VariantSettings:
+        """The variant called `name`, or the first configured when no name is given."""
+        if name is None:
+            return self.model_variants[0]
+        for variant in self.model_variants:
+            if variant.name == name:
+                return variant
+        known = ", ".join(v.name for v in self.model_variants)
+        raise ValueError(f"no variant named {name!r}; known: {known}")
 
     def for_variant(self, variant: VariantSettings) -> Settings:
         """These settings with the variant's model in place of `model`."""

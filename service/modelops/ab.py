@@ -12,12 +12,13 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
 import numpy as np
 from scipy import stats
 from sqlalchemy import Engine, and_, select
 
-from ..store.schema import Feedback, Prediction
+from ..store.schema import Feedback, Prediction, Role
 
 ALPHA = 0.05
 POWER = 0.8
@@ -71,17 +72,29 @@ class VariantSummary:
         }
 
 
+class ComparisonTest(StrEnum):
+    TWO_PROPORTION_Z = "two_proportion_z"  # two serving variants, different requests
+    MCNEMAR_EXACT = "mcnemar_exact"  # a shadow and the control, the same images
+
+
+class Verdict(StrEnum):
+    PROMOTE = "promote"
+    KEEP = "keep"
+    NO_DIFFERENCE = "no_difference"
+    NOT_ENOUGH_DATA = "not_enough_data"
+
+
 @dataclass(frozen=True)
 class Comparison:
     control: str
     candidate: str
     control_accuracy: float | None
     candidate_accuracy: float | None
-    test: str | None  # two_proportion_z | mcnemar_exact; None without a verdict
-    statistic: float | None  # z, or for McNemar the candidate's share of the discordant pairs
-    p_value: float | None
-    verdict: str  # promote | keep | no_difference | not_enough_data
+    verdict: Verdict
     recommendation: str
+    test: ComparisonTest | None = None  # None without a verdict
+    statistic: float | None = None  # z, or for McNemar the candidate's share of discordant pairs
+    p_value: float | None = None
     labelled: int | None = None  # for a paired test: images both answered, with feedback
     discordant: tuple[int, int] | None = None  # (only the control right, only the candidate)
 
@@ -132,15 +145,12 @@ def labels_needed(p_a: float, p_b: float) -> int | None:
 def _not_enough(control: str, candidate: str, reason: str, a, b) -> Comparison:
     """No verdict: `reason` says what feedback there is and what is needed."""
     return Comparison(
-        control,
-        candidate,
-        a,
-        b,
-        None,
-        None,
-        None,
-        "not_enough_data",
-        f"Not enough feedback yet: {reason} for a verdict.",
+        control=control,
+        candidate=candidate,
+        control_accuracy=a,
+        candidate_accuracy=b,
+        verdict=Verdict.NOT_ENOUGH_DATA,
+        recommendation=f"Not enough feedback yet: {reason} for a verdict.",
     )
 
 
@@ -151,12 +161,12 @@ def _judged(
     figures = f"{b:.1%} vs {a:.1%}, p = {p:.3g}"
     if p < ALPHA and b > a:
         verdict, text = (
-            "promote",
+            Verdict.PROMOTE,
             f"Promote {candidate}: it is more accurate than {control} ({figures}); "
             "the difference is unlikely to be chance.",
         )
     elif p < ALPHA:
-        verdict, text = "keep", f"Keep {control}: {candidate} is less accurate ({figures})."
+        verdict, text = Verdict.KEEP, f"Keep {control}: {candidate} is less accurate ({figures})."
     else:
         unit = (
             "labelled images both answer"
@@ -165,12 +175,19 @@ def _judged(
         )
         more = f" About {needed} {unit} would detect a difference this size." if needed else ""
         verdict, text = (
-            "no_difference",
+            Verdict.NO_DIFFERENCE,
             f"No significant difference between {candidate} and {control} ({figures}); "
             f"keep {control} or collect more feedback.{more}",
         )
     return Comparison(
-        control, candidate, a, b, p_value=p, verdict=verdict, recommendation=text, **test
+        control=control,
+        candidate=candidate,
+        control_accuracy=a,
+        candidate_accuracy=b,
+        p_value=p,
+        verdict=verdict,
+        recommendation=text,
+        **test,
     )
 
 
@@ -187,7 +204,9 @@ def compare_variants(control: VariantSummary, candidate: VariantSummary) -> Comp
         control.correct, control.labelled, candidate.correct, candidate.labelled
     )
     a, b = control.accuracy, candidate.accuracy
-    return _judged(*names, a, b, p, labels_needed(a, b), test="two_proportion_z", statistic=z)
+    return _judged(
+        *names, a, b, p, labels_needed(a, b), test=ComparisonTest.TWO_PROPORTION_Z, statistic=z
+    )
 
 
 def compare_paired(control: VariantSummary, candidate: VariantSummary) -> Comparison:
@@ -213,7 +232,7 @@ def compare_paired(control: VariantSummary, candidate: VariantSummary) -> Compar
         len(candidate_right) / len(shared),
         mcnemar_exact(only_control, only_candidate),
         paired_labels_needed(only_control, only_candidate, len(shared)),
-        test="mcnemar_exact",
+        test=ComparisonTest.MCNEMAR_EXACT,
         statistic=only_candidate / discordant if discordant else None,
         labelled=len(shared),
         discordant=(only_control, only_candidate),
@@ -271,7 +290,7 @@ def summarise(
                 summary.correct += predicted == truth
     for key, summary in summaries.items():
         summary.requests = len(requests[key])
-    return sorted(summaries.values(), key=lambda s: (s.role != "serve", -s.requests))
+    return sorted(summaries.values(), key=lambda s: (s.role != Role.SERVE, -s.requests))
 
 
 def ab_report(engine: Engine, control: str | None = None, since_hours: float | None = None):
@@ -280,7 +299,7 @@ def ab_report(engine: Engine, control: str | None = None, since_hours: float | N
     if not summaries:
         return [], []
     if control:
-        matches = [s for s in summaries if s.variant == control and s.role == "serve"]
+        matches = [s for s in summaries if s.variant == control and s.role == Role.SERVE]
         if not matches:
             raise ValueError(f"no served predictions from a variant named {control!r}")
         summaries.remove(matches[0])
@@ -292,6 +311,6 @@ def ab_report(engine: Engine, control: str | None = None, since_hours: float | N
         if shared:
             other.agreement = sum(other.answers[k] == head.answers[k] for k in shared) / len(shared)
     return summaries, [
-        (compare_paired if other.role == "shadow" else compare_variants)(head, other)
+        (compare_paired if other.role == Role.SHADOW else compare_variants)(head, other)
         for other in others
     ]

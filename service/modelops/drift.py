@@ -17,6 +17,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 
 import numpy as np
 from scipy import stats
@@ -92,10 +93,15 @@ class Profile:
         return cls(dict(data["values"]), dict(data["classes"]), int(data["samples"]))
 
 
+class DriftTest(StrEnum):
+    KS = "ks"  # two-sample Kolmogorov-Smirnov, for a continuous feature
+    PSI = "psi"  # population stability index (with a chi-square p-value), for the top class
+
+
 @dataclass(frozen=True)
 class FeatureDrift:
     feature: str
-    test: str  # ks | psi
+    test: DriftTest
     statistic: float
     p_value: float | None
     threshold: float
@@ -144,16 +150,16 @@ def compare(reference: Profile, current: Profile, settings: DriftSettings) -> li
             test = stats.ks_2samp(expected, actual)
         results.append(
             FeatureDrift(
-                name,
-                "ks",
-                float(test.statistic),
-                float(test.pvalue),
-                settings.ks_min_statistic,
-                bool(
+                feature=name,
+                test=DriftTest.KS,
+                statistic=float(test.statistic),
+                p_value=float(test.pvalue),
+                threshold=settings.ks_min_statistic,
+                drifted=bool(
                     test.pvalue < settings.ks_alpha and test.statistic >= settings.ks_min_statistic
                 ),
-                len(expected),
-                len(actual),
+                reference_samples=len(expected),
+                current_samples=len(actual),
             )
         )
     # PSI says how far the mix moved; chi-square whether a window this small can tell (PSI
@@ -162,14 +168,14 @@ def compare(reference: Profile, current: Profile, settings: DriftSettings) -> li
     p_value = class_mix_p_value(reference.classes, current.classes)
     results.append(
         FeatureDrift(
-            CLASS_FEATURE,
-            "psi",
-            psi,
-            p_value,
-            settings.psi_threshold,
-            psi > settings.psi_threshold and p_value < settings.ks_alpha,
-            reference.samples,
-            current.samples,
+            feature=CLASS_FEATURE,
+            test=DriftTest.PSI,
+            statistic=psi,
+            p_value=p_value,
+            threshold=settings.psi_threshold,
+            drifted=psi > settings.psi_threshold and p_value < settings.ks_alpha,
+            reference_samples=reference.samples,
+            current_samples=current.samples,
         )
     )
     return results

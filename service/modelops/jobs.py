@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .. import metrics
 from ..serving.model import Classifier
-from ..settings import Settings
+from ..settings import Settings, VariantSettings
 from ..store import drift_runs as drift_store
 from ..store import leases
 from ..store.labels import Accuracy, accuracy
@@ -32,11 +33,17 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
+class DriftStatus(StrEnum):
+    CHECKED = "checked"
+    NO_REFERENCE = "no_reference"  # none stored, and none may be made from the log yet
+    TOO_FEW_SAMPLES = "too_few_samples"  # in the recent window (drift.min_samples)
+
+
 @dataclass
 class DriftCheck:
     model_name: str
     model_version: str
-    status: str  # checked | no_reference | too_few_samples
+    status: DriftStatus
     results: list[FeatureDrift] = field(default_factory=list)
     reference_source: str | None = None
     current_samples: int = 0
@@ -54,8 +61,7 @@ def model_versions(settings: Settings) -> list[tuple[str, str]]:
     """(name, version) of every configured variant, serving and shadow."""
     seen = {}
     for variant in settings.model_variants:
-        name = variant.model.name or variant.model.architecture
-        seen.setdefault(variant.model.version, name)
+        seen.setdefault(variant.model.version, variant.model.display_name)
     return [(name, version) for version, name in seen.items()]
 
 
@@ -79,7 +85,7 @@ def run_drift_check(
         log.info("drift: reference for %s %s from its %s", model_name, model_version, source)
         reference = drift_store.latest_reference(engine, model_version)
     if reference is None:
-        return DriftCheck(model_name, model_version, "no_reference")
+        return DriftCheck(model_name, model_version, DriftStatus.NO_REFERENCE)
     recent = drift_store.recent_predictions(
         engine, model_version, config.window_count, config.window_s
     )
@@ -87,7 +93,7 @@ def run_drift_check(
     check = DriftCheck(
         model_name,
         model_version,
-        "too_few_samples",
+        DriftStatus.TOO_FEW_SAMPLES,
         reference_source=reference.source,
         current_samples=current.samples,
         reference=reference.profile,
@@ -95,21 +101,16 @@ def run_drift_check(
     )
     if current.samples < config.min_samples:
         return check
-    check.status, check.results = "checked", compare(reference.profile, current, config)
+    check.status, check.results = DriftStatus.CHECKED, compare(reference.profile, current, config)
     check.checked_at = datetime.now(UTC)
     if store:
         check.run_id = drift_store.save_results(engine, model_name, model_version, check.results)
     return check
 
 
-def reference_from_images(settings: Settings, folder: Path, variant: str | None = None) -> Profile:
-    """Run the model over a folder of images and profile what it saw and answered."""
-    chosen = next(
-        (v for v in settings.model_variants if v.name == variant), settings.model_variants[0]
-    )
-    if variant and chosen.name != variant:
-        raise ValueError(f"no variant named {variant!r} in the settings")
-    classifier = Classifier(settings.for_variant(chosen))
+def reference_from_images(settings: Settings, folder: Path, variant: VariantSettings) -> Profile:
+    """Run the variant's model over a folder of images and profile what it saw and answered."""
+    classifier = Classifier(settings.for_variant(variant))
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise ValueError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -123,15 +124,15 @@ def reference_from_images(settings: Settings, folder: Path, variant: str | None 
             confidence, index = row.max(dim=0)
             observations.append(
                 Observation(
-                    info.stats.brightness,
-                    info.stats.contrast,
-                    info.stats.saturation,
-                    info.stats.sharpness,
-                    info.width,
-                    info.height,
-                    info.bytes,
-                    float(confidence),
-                    int(index),
+                    brightness=info.stats.brightness,
+                    contrast=info.stats.contrast,
+                    saturation=info.stats.saturation,
+                    sharpness=info.stats.sharpness,
+                    width=info.width,
+                    height=info.height,
+                    file_size=info.bytes,
+                    confidence=float(confidence),
+                    class_index=int(index),
                 )
             )
     return Profile.from_observations(observations)
@@ -225,7 +226,7 @@ class ModelOps:
             check = DriftCheck(
                 name,
                 version,
-                "checked",
+                DriftStatus.CHECKED,
                 stored.results,
                 run_id=stored.run_id,
                 checked_at=stored.created_at,

@@ -13,8 +13,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers; before pyplot is imported
 import matplotlib.pyplot as plt
 
-from .ab import Comparison, VariantSummary
-from .jobs import DriftCheck
+from .ab import Comparison, ComparisonTest, VariantSummary
+from .jobs import DriftCheck, DriftStatus
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -176,7 +176,7 @@ def drift_html(checks: Sequence[DriftCheck]) -> str:
         sections.append(f"<h2>{html.escape(heading)}</h2>")
         summary = (
             check.status
-            if check.status != "checked"
+            if check.status != DriftStatus.CHECKED
             else (f"drifted: {', '.join(check.drifted)}" if check.drifted else "no drift")
         )
         sections.append(
@@ -249,10 +249,10 @@ def ab_text(summaries: Sequence[VariantSummary], comparisons: Sequence[Compariso
 
 def _test_figures(comparison: Comparison) -> str:
     """Which test gave the verdict and its figures, for a reader who wants to check it."""
-    if comparison.test == "two_proportion_z":
+    if comparison.test == ComparisonTest.TWO_PROPORTION_Z:
         z, p = comparison.statistic, comparison.p_value
         return f" (two-proportion z-test: z = {z:.2f}, p = {p:.3g})"
-    if comparison.test == "mcnemar_exact":
+    if comparison.test == ComparisonTest.MCNEMAR_EXACT:
         only_control, only_candidate = comparison.discordant
         return (
             f" (McNemar exact test on {comparison.labelled} shared labelled images: "

@@ -97,7 +97,7 @@ class Classifier:
     def __init__(self, settings: Settings):
         cfg = settings.model
         self.architecture = cfg.architecture
-        self.name = cfg.name or cfg.architecture
+        self.name = cfg.display_name
         self.version = cfg.version
         self.labels = (
             cfg.labels_path.read_text().splitlines() if cfg.labels_path else imagenet_labels()

@@ -98,7 +98,7 @@ class ClassificationPipeline:
             return
         # Serving variants first: a shadow that fails to load must not keep the service down.
         for variant in sorted(self.variants.values(), key=lambda v: v.shadow):
-            role = "shadow" if variant.shadow else "serve"
+            role = variant.role
             try:
                 classifier = Classifier(self.settings.for_variant(variant.settings))
                 self._calibrate(variant, classifier)
@@ -281,7 +281,7 @@ class ClassificationPipeline:
         index: int,
         latency_ms: float,
     ) -> None:
-        role = "shadow" if variant.shadow else "serve"
+        role = variant.role
         classifier = variant.classifier
         metrics.CONFIDENCE.labels(variant=variant.name, role=role).observe(prediction.confidence)
         metrics.PREDICTION_LATENCY.labels(variant=variant.name, role=role).observe(
@@ -337,7 +337,7 @@ class ClassificationPipeline:
             "variants": [
                 {
                     "name": variant.name,
-                    "role": "shadow" if variant.shadow else "serve",
+                    "role": variant.role,
                     "weight": variant.settings.weight,
                     "shadow_share": variant.settings.shadow_share if variant.shadow else None,
                     "model": variant.classifier.card_summary() if variant.classifier else None,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 
 from ..settings import VariantSettings
+from ..store.schema import Role
 from .batching import AdaptiveBatcher
 from .model import Classifier
 
@@ -40,6 +41,10 @@ class Variant:
     @property
     def shadow(self) -> bool:
         return self.settings.shadow
+
+    @property
+    def role(self) -> Role:
+        return Role.SHADOW if self.settings.shadow else Role.SERVE
 
     @property
     def ready(self) -> bool:

@@ -45,7 +45,7 @@ def wait_for_migration_turn(connection) -> None:
 
 
 def dialect_insert(engine: Engine):
-    """The INSERT of the engine's dialect, which has ON CONFLICT DO NOTHING (both do)."""
+    """The INSERT of the engine's dialect, for its ON CONFLICT clauses (both dialects have them)."""
     if engine.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:

@@ -10,22 +10,23 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, func, select
 
-from ..modelops.drift import FeatureDrift, Observation, Profile
+from ..modelops.drift import DriftTest, FeatureDrift, Observation, Profile
 from .schema import DriftResult, Prediction, ReferenceProfile
 
 
 def _observations(rows) -> list[Observation]:
-    return [Observation(*row) for row in rows]
+    return [Observation(**row) for row in rows.mappings()]
 
 
+# The prediction log's columns under the names of Observation's fields.
 _OBSERVED = (
     Prediction.brightness,
     Prediction.contrast,
     Prediction.saturation,
     Prediction.sharpness,
-    Prediction.image_width,
-    Prediction.image_height,
-    Prediction.image_bytes,
+    Prediction.image_width.label("width"),
+    Prediction.image_height.label("height"),
+    Prediction.image_bytes.label("file_size"),
     Prediction.confidence,
     Prediction.class_index,
 )
@@ -156,14 +157,14 @@ def latest_results(engine: Engine, model_version: str) -> StoredRun | None:
         ).mappings()
         results = [
             FeatureDrift(
-                row["feature"],
-                row["test"],
-                row["statistic"],
-                row["p_value"],
-                row["threshold"],
-                bool(row["drifted"]),
-                row["reference_samples"],
-                row["current_samples"],
+                feature=row["feature"],
+                test=DriftTest(row["test"]),
+                statistic=row["statistic"],
+                p_value=row["p_value"],
+                threshold=row["threshold"],
+                drifted=bool(row["drifted"]),
+                reference_samples=row["reference_samples"],
+                current_samples=row["current_samples"],
             )
             for row in rows
         ]

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, func, select
 
-from .schema import Feedback, Prediction
+from .db import dialect_insert
+from .schema import Feedback, Prediction, Role
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def find_request(engine: Engine, request_id: str) -> ServedRequest | None:
     """The serving variant of a logged request and how many images it had."""
     query = (
         select(Prediction.variant, func.max(Prediction.item_index))
-        .where(Prediction.request_id == request_id, Prediction.role == "serve")
+        .where(Prediction.request_id == request_id, Prediction.role == Role.SERVE)
         .group_by(Prediction.variant)
     )
     with engine.connect() as connection:
@@ -53,10 +54,6 @@ def save_feedback(
     engine: Engine, request_id: str, item_index: int, class_index: int, label: str
 ) -> None:
     """Insert, or replace an earlier answer for the same image: the latest label wins."""
-    if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
     row = {
         "created_at": datetime.now(UTC),
         "request_id": request_id,
@@ -64,7 +61,7 @@ def save_feedback(
         "class_index": class_index,
         "label": label,
     }
-    statement = insert(Feedback).values(**row)
+    statement = dialect_insert(engine)(Feedback).values(**row)
     statement = statement.on_conflict_do_update(
         index_elements=["request_id", "item_index"],
         set_={"created_at": row["created_at"], "class_index": class_index, "label": label},

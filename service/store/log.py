@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from .db import dialect_insert, make_engine, migrate
-from .schema import Prediction
+from .schema import Prediction, Role
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class PredictionRecord:
     image_bytes: int
     item_index: int = 0
     variant: str = "main"
-    role: str = "serve"  # serve | shadow
+    role: str = Role.SERVE
     top5: str = ""
     brightness: float | None = None
     contrast: float | None = None

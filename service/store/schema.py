@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import Boolean, DateTime, Float, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -10,6 +11,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 class Base(DeclarativeBase):
     pass
+
+
+class Role(StrEnum):
+    """How a variant's prediction was used (the `role` column and metric label)."""
+
+    SERVE = "serve"  # answered the client
+    SHADOW = "shadow"  # ran beside the serving variant on the same image, only logged
 
 
 class Prediction(Base):
@@ -34,7 +42,7 @@ class Prediction(Base):
     # (for top-5 accuracy) and the input statistics drift detection compares.
     item_index: Mapped[int] = mapped_column(Integer, default=0)
     variant: Mapped[str] = mapped_column(String(64), default="main")
-    role: Mapped[str] = mapped_column(String(16), default="serve")  # serve | shadow
+    role: Mapped[str] = mapped_column(String(16), default=Role.SERVE)
     top5: Mapped[str] = mapped_column(String(64), default="")  # class indices, comma-separated
     brightness: Mapped[float | None] = mapped_column(Float, nullable=True)
     contrast: Mapped[float | None] = mapped_column(Float, nullable=True)

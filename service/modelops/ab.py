@@ -16,9 +16,10 @@ from enum import StrEnum
 
 import numpy as np
 from scipy import stats
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import Engine
 
-from ..store.schema import Feedback, Prediction, Role
+from ..store.labels import predictions_with_labels
+from ..store.schema import Role
 
 ALPHA = 0.05
 POWER = 0.8
@@ -243,51 +244,24 @@ def summarise(
     engine: Engine, since_hours: float | None = None, now: datetime | None = None
 ) -> list[VariantSummary]:
     """Per variant and role, from the prediction log joined with feedback."""
-    query = select(
-        Prediction.variant,
-        Prediction.role,
-        Prediction.model_version,
-        Prediction.request_id,
-        Prediction.item_index,
-        Prediction.class_index,
-        Prediction.confidence,
-        Prediction.latency_ms,
-        Feedback.class_index,
-    ).outerjoin(
-        Feedback,
-        and_(
-            Feedback.request_id == Prediction.request_id,
-            Feedback.item_index == Prediction.item_index,
-        ),
-    )
-    if since_hours:
-        since = (now or datetime.now(UTC)) - timedelta(hours=since_hours)
-        query = query.where(Prediction.created_at >= since)
+    since = (now or datetime.now(UTC)) - timedelta(hours=since_hours) if since_hours else None
     summaries: dict[tuple[str, str], VariantSummary] = {}
     requests: dict[tuple[str, str], set[str]] = defaultdict(set)
-    with engine.connect() as connection:
-        for (
-            variant,
-            role,
-            version,
-            request_id,
-            index,
-            predicted,
-            confidence,
-            latency,
-            truth,
-        ) in connection.execute(query):
-            key = (variant, role)
-            summary = summaries.setdefault(key, VariantSummary(variant, role, version))
-            summary.predictions += 1
-            summary.confidences.append(confidence)
-            summary.latencies_ms.append(latency)
-            requests[key].add(request_id)
-            summary.answers[(request_id, index)] = predicted
-            if truth is not None:
-                summary.truths[(request_id, index)] = truth
-                summary.labelled += 1
-                summary.correct += predicted == truth
+    for row in predictions_with_labels(engine, since):
+        key = (row.variant, row.role)
+        summary = summaries.setdefault(
+            key, VariantSummary(row.variant, row.role, row.model_version)
+        )
+        summary.predictions += 1
+        summary.confidences.append(row.confidence)
+        summary.latencies_ms.append(row.latency_ms)
+        requests[key].add(row.request_id)
+        image = (row.request_id, row.item_index)
+        summary.answers[image] = row.class_index
+        if row.true_class_index is not None:
+            summary.truths[image] = row.true_class_index
+            summary.labelled += 1
+            summary.correct += row.class_index == row.true_class_index
     for key, summary in summaries.items():
         summary.requests = len(requests[key])
     return sorted(summaries.values(), key=lambda s: (s.role != Role.SERVE, -s.requests))

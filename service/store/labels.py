@@ -1,12 +1,13 @@
-"""Feedback (true labels) and the accuracy it gives, read from the prediction log."""
+"""Feedback (true labels): storing them, the accuracy they give, predictions joined with them."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Row, and_, func, select
 
 from .db import dialect_insert
 from .schema import Feedback, Prediction, Role
@@ -107,3 +108,30 @@ def accuracy(
         Accuracy(version, variant, role, n, hits / n, top5_hits / n)
         for (version, variant, role), (n, hits, top5_hits) in sorted(counts.items())
     ]
+
+
+def predictions_with_labels(engine: Engine, since: datetime | None = None) -> Iterator[Row]:
+    """Every prediction (created at or after `since`) with its true class when labelled: rows
+    of variant, role, model_version, request_id, item_index, class_index, confidence,
+    latency_ms and true_class_index (None without feedback)."""
+    query = select(
+        Prediction.variant,
+        Prediction.role,
+        Prediction.model_version,
+        Prediction.request_id,
+        Prediction.item_index,
+        Prediction.class_index,
+        Prediction.confidence,
+        Prediction.latency_ms,
+        Feedback.class_index.label("true_class_index"),
+    ).outerjoin(
+        Feedback,
+        and_(
+            Feedback.request_id == Prediction.request_id,
+            Feedback.item_index == Prediction.item_index,
+        ),
+    )
+    if since is not None:
+        query = query.where(Prediction.created_at >= since)
+    with engine.connect() as connection:
+        yield from connection.execute(query)

@@ -4,10 +4,10 @@
 
 BentoML provides the server, workers, /healthz /livez /readyz /metrics and the OpenAPI page;
 the routes below are a FastAPI app mounted on it, so that uploads are parsed, limited and
-answered exactly as documented. The work is in small modules: settings, preprocessing, model,
-batching, metrics, store (the prediction log) and http (error mapping and request guards);
-variants (A/B and shadow), feedback, live_stats and model_ops (accuracy and drift) for the
-model-operations side; web/index.html is the page at /.
+answered exactly as documented. The work is in the packages beside this file: api/ (request
+guards, error mapping, feedback), serving/ (the request path: decoding, variants, batching,
+the model), modelops/ (drift, A/B, reports, the periodic jobs) and store/ (the database);
+settings, errors and metrics are shared by all; web/index.html is the page at /.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ install_error_handlers(app)
 app.add_middleware(
     RequestGuard,
     pipeline_getter=lambda: app.state.pipeline,
+    client_key_header=settings.experiment.client_key_header,
     max_body_bytes={
         "/classify": limits.max_upload_bytes + MULTIPART_OVERHEAD,
         "/classify_batch": limits.max_batch_images * limits.max_upload_bytes + MULTIPART_OVERHEAD,
@@ -79,9 +80,7 @@ class ImageClassifier:
         app.state.pipeline = self.pipeline
         self.pipeline.start_loading()
         self.ops = ModelOps(
-            settings,
-            self.pipeline.prediction_log.engine,
-            ready=lambda: self.pipeline.prediction_log.migrated,
+            settings, self.pipeline.database, ready=lambda: self.pipeline.prediction_log.migrated
         )
         self.ops.start()
 
@@ -100,7 +99,7 @@ class ImageClassifier:
         started, request_id = time.perf_counter(), request_id_of(request)
         data = await read_upload(image, "image")
         variant, (result,) = await self.pipeline.classify(
-            [data], check_top_k(top_k), request_id, started, self._client_key(request)
+            [data], check_top_k(top_k), request_id, started, **self._routing(request)
         )
         response.headers["X-Request-ID"] = request_id
         return {**result, **self._model_fields(variant), "request_id": request_id}
@@ -117,7 +116,7 @@ class ImageClassifier:
             )
         data = [await read_upload(image, f"images[{i}]") for i, image in enumerate(images)]
         variant, results = await self.pipeline.classify(
-            data, check_top_k(top_k), request_id, started, self._client_key(request)
+            data, check_top_k(top_k), request_id, started, **self._routing(request)
         )
         response.headers["X-Request-ID"] = request_id
         return {"results": results, **self._model_fields(variant), "request_id": request_id}
@@ -129,7 +128,7 @@ class ImageClassifier:
     @app.post("/feedback", summary="The true label of an image answered earlier")
     async def feedback(self, given: FeedbackIn) -> dict:
         answer = await record_feedback(self.pipeline, given)
-        self.ops.accuracy_at = float("-inf")  # the next /stats or tick recomputes it
+        self.ops.labels_changed()
         return answer
 
     @app.get("/stats", summary="This worker's live numbers, accuracy and drift verdicts")
@@ -142,8 +141,12 @@ class ImageClassifier:
         return HTMLResponse(WEB_PAGE)
 
     @staticmethod
-    def _client_key(request: Request) -> str | None:
-        return request.headers.get(settings.experiment.client_key_header) or None
+    def _routing(request: Request) -> dict:
+        """The variant the request guard admitted, and the client key it was chosen by."""
+        return {
+            "client_key": request.headers.get(settings.experiment.client_key_header) or None,
+            "variant_name": getattr(request.state, "variant", None),
+        }
 
     @staticmethod
     def _model_fields(variant) -> dict:

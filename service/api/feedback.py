@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .. import metrics
 from ..errors import ServiceError
 from ..serving.pipeline import ClassificationPipeline
-from ..store.labels import ServedRequest, find_request, save_feedback
+from ..store.labels import find_request, save_feedback
 
 
 class FeedbackIn(BaseModel):
@@ -50,11 +50,12 @@ def resolve_label(labels: list[str], given: FeedbackIn) -> tuple[int, str]:
 async def served_request(pipeline: ClassificationPipeline, request_id: str, wait_s: float):
     """This worker remembers what it answered; other workers' answers are read from the log,
     waiting a little for rows still on their way (the log flushes every half second)."""
-    if request_id in pipeline.recent:
-        return ServedRequest(*pipeline.recent[request_id])
+    answered = pipeline.answered(request_id)
+    if answered is not None:
+        return answered
     deadline = time.monotonic() + wait_s
     while True:
-        found = await asyncio.to_thread(find_request, pipeline.prediction_log.engine, request_id)
+        found = await asyncio.to_thread(find_request, pipeline.database, request_id)
         if found or time.monotonic() >= deadline:
             return found
         await asyncio.sleep(0.25)
@@ -77,11 +78,10 @@ async def record_feedback(pipeline: ClassificationPipeline, given: FeedbackIn) -
                 f"index {given.index} is out of range: request {given.request_id} had "
                 f"{served.images} image(s)",
             )
-        variant = pipeline.variants.get(served.variant, pipeline.control)
-        class_index, label = resolve_label(variant.classifier.labels, given)
+        class_index, label = resolve_label(pipeline.labels_of(served.variant), given)
         await asyncio.to_thread(
             save_feedback,
-            pipeline.prediction_log.engine,
+            pipeline.database,
             given.request_id,
             given.index,
             class_index,

@@ -82,15 +82,24 @@ def install_error_handlers(app: FastAPI) -> None:
 class RequestGuard:
     """ASGI middleware that refuses what must not reach the parser, before reading the body.
 
-    - an overloaded batcher: 503 + Retry-After at once, so excess load costs almost nothing;
+    - an overloaded batcher: 503 + Retry-After at once, so excess load costs almost nothing.
+      The request is routed here, so that it is the batcher of the variant that will answer
+      (pipeline.admit); the route handler finds the choice in `request.state.variant`;
     - a declared or streamed body over the limit: 413, without buffering the rest;
     - an empty body: 400 empty_body.
     """
 
-    def __init__(self, app: ASGIApp, pipeline_getter, max_body_bytes: dict[str, int]):
+    def __init__(
+        self,
+        app: ASGIApp,
+        pipeline_getter,
+        max_body_bytes: dict[str, int],
+        client_key_header: str,
+    ):
         self.app = app
         self.pipeline_getter = pipeline_getter
         self.max_body_bytes = max_body_bytes
+        self.client_key_header = client_key_header.lower().encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -101,8 +110,9 @@ class RequestGuard:
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
         try:
-            self.pipeline_getter().require_ready()
-            self.pipeline_getter().batcher.check_admission(1)
+            client_key = headers.get(self.client_key_header, b"").decode("latin-1") or None
+            variant = self.pipeline_getter().admit(1, client_key)
+            scope.setdefault("state", {})["variant"] = variant.name
             if declared is None and b"transfer-encoding" not in headers:
                 # HTTP/1.1: no length and no chunking means no body at all.
                 raise ServiceError("empty_body", "the request body is empty")

@@ -205,6 +205,10 @@ class ModelOps:
             for name, version in model_versions(self.settings):
                 self.refresh_drift(name, version)
 
+    def labels_changed(self) -> None:
+        """A label was stored: the next tick or /stats recomputes accuracy, not after refresh_s."""
+        self.accuracy_at = float("-inf")
+
     def refresh_accuracy(self) -> list[Accuracy]:
         with self._lock:
             feedback = self.settings.feedback

@@ -1,8 +1,9 @@
-"""Bytes in, predictions out: decode -> variant's batcher -> model -> metrics + prediction log.
+"""Bytes in, predictions out: decode -> the serving variant's batcher -> model -> observations.
 
-One pipeline per worker process. It owns every configured model variant (each with its own
-batcher), the decode threads and the prediction log. A request is answered by one serving
-variant; shadow variants run the same images afterwards, off the request path.
+One pipeline per worker process. It owns the variants (variant_set.py: each with its own
+batcher), the decode threads (decoding.py), the prediction log, and what it answered lately
+(recent.py). A request is answered by one serving variant; shadow variants run the same images
+afterwards, off the request path. What happened is recorded by the observer (observer.py).
 """
 
 from __future__ import annotations
@@ -11,40 +12,30 @@ import asyncio
 import logging
 import threading
 import time
-from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
+from sqlalchemy import Engine
 
 from .. import metrics
 from ..errors import ServiceError
 from ..settings import Settings
-from ..store import PredictionLog, PredictionRecord
-from .batching import AdaptiveBatcher, BatchStats, choose_batch_cap
-from .live_stats import LIVE
-from .model import Classifier, Prediction
+from ..store import PredictionLog
+from ..store.labels import ServedRequest
+from .decoding import Decoded, DecodePool
+from .model import Classifier
+from .observer import Observer
 from .preprocessing import DecodedInfo
-from .variants import Variant, VariantRouter
+from .recent import RecentRequests
+from .variant_set import VariantSet
+from .variants import Variant
 
 log = logging.getLogger(__name__)
-RECENT_REQUESTS = 100_000  # request ids remembered for feedback before their rows are flushed
 
 
 class ClassificationPipeline:
-    """Owns the model variants, their batchers and the prediction log for one worker."""
-
     def __init__(self, settings: Settings):
         self.settings = settings
         self.load_error: str | None = None
-        self.router = VariantRouter(settings.model_variants)
-        self.variants: dict[str, Variant] = {
-            variant.name: Variant(variant, self._make_batcher(variant.name))
-            for variant in settings.model_variants
-        }
-        self.control = self.variants[self.router.control.name]
-        metrics.QUEUE_CAPACITY.set(settings.batching.max_queue_size)
-        # Decoding releases the GIL in Pillow; two threads keep it off the event loop.
-        self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
         self.prediction_log = PredictionLog(
             settings.database_url,
             settings.spool_dir,
@@ -54,33 +45,19 @@ class ClassificationPipeline:
             connect_timeout_s=settings.database.connect_timeout_s,
             on_pending=metrics.PREDICTION_LOG_PENDING.set,
         )
-        # request id -> (serving variant, images): feedback can be checked before the flush.
-        self.recent: OrderedDict[str, tuple[str, int]] = OrderedDict()
-        self._shadow_tasks: set[asyncio.Task] = set()
-
-    def _make_batcher(self, variant: str) -> AdaptiveBatcher:
-        batching = self.settings.batching
-        return AdaptiveBatcher(
-            lambda batch: self.variants[variant].classifier.infer(batch),
-            max_batch_size=batching.max_batch_size,
-            max_queue_size=batching.max_queue_size,
-            max_latency_ms=batching.max_latency_ms,
-            enabled=batching.enabled,
-            on_batch=lambda stats: self._observe_batch(variant, stats),
+        self.variants = VariantSet(
+            settings, on_batch=lambda v, stats: self.observer.batch(v, stats)
         )
-
-    # The variant in place, as seen by the model card, the request guard and the benchmark.
-    @property
-    def classifier(self) -> Classifier | None:
-        return self.control.classifier
-
-    @property
-    def batcher(self) -> AdaptiveBatcher:
-        return self.control.batcher
+        self.observer = Observer(self.prediction_log, lambda: self.variants.queued_images)
+        self.recent = RecentRequests()
+        self.decoder = DecodePool(threads=2)
+        self._shadow_tasks: set[asyncio.Task] = set()
+        metrics.QUEUE_CAPACITY.set(settings.batching.max_queue_size)
 
     @property
-    def batch_profile(self) -> dict[int, float]:
-        return self.control.batch_profile
+    def database(self) -> Engine:
+        """The prediction log's database, for the feedback and model-operations queries."""
+        return self.prediction_log.engine
 
     # -- lifecycle ----------------------------------------------------------------------
     def start_loading(self) -> threading.Thread:
@@ -96,79 +73,34 @@ class ClassificationPipeline:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("prediction log failed to start")
             return
-        # Serving variants first: a shadow that fails to load must not keep the service down.
-        for variant in sorted(self.variants.values(), key=lambda v: v.shadow):
-            role = variant.role
-            try:
-                classifier = Classifier(self.settings.for_variant(variant.settings))
-                self._calibrate(variant, classifier)
-                classifier.warm_up(classifier.sizes_to_warm(variant.batcher.max_batch_size))
-                variant.classifier = classifier
-                if classifier.device.type == "cuda":  # fixed for the device: set once
-                    metrics.GPU_MEMORY_TOTAL_BYTES.set(
-                        torch.cuda.get_device_properties(classifier.device).total_memory
-                    )
-                metrics.VARIANT_UP.labels(variant=variant.name, role=role).set(1)
-                log.info(
-                    "variant %s: model %s ready on %s",
-                    variant.name,
-                    classifier.name,
-                    classifier.device,
-                )
-            except Exception as exc:
-                variant.load_error = f"{type(exc).__name__}: {exc}"
-                metrics.VARIANT_UP.labels(variant=variant.name, role=role).set(0)
-                log.exception("variant %s: model failed to load", variant.name)
-                if not variant.shadow:
-                    self.load_error = f"variant {variant.name}: {variant.load_error}"
-                    return
-
-    def _calibrate(self, variant: Variant, classifier: Classifier) -> None:
-        """Warm every batch size we may run and cap batches at the fastest per image.
-
-        See choose_batch_cap. The measured cost also seeds the queue's admission estimate.
-        """
-        batching, batcher = self.settings.batching, variant.batcher
-        largest = batcher.max_batch_size
-        if batching.enabled and batching.calibrate:
-            powers_of_two = [1 << i for i in range(largest.bit_length())]
-            variant.batch_profile = classifier.profile_batch_sizes([*powers_of_two, largest])
-            batcher.max_batch_size = choose_batch_cap(variant.batch_profile)
-        else:
-            variant.batch_profile = classifier.profile_batch_sizes([1, largest])
-        batcher.calibrate(variant.batch_profile[batcher.max_batch_size])
-        log.info(
-            "variant %s batch profile (ms/image): %s -> max batch %d",
-            variant.name,
-            {size: round(cost * 1000, 1) for size, cost in variant.batch_profile.items()},
-            batcher.max_batch_size,
-        )
+        self.load_error = self.variants.load()
 
     @property
     def ready(self) -> bool:
-        """Every serving variant warm, and every shadow settled: loaded, or failed and reported.
-        A shadow never keeps the service down, but /readyz waits for its verdict, so a deploy
-        sees the whole set of variants it configured."""
-        return all(
-            v.ready if not v.shadow else (v.ready or v.load_error is not None)
-            for v in self.variants.values()
-        )
+        return self.variants.ready
 
     def require_ready(self) -> Classifier:
         if not self.ready:
             reason = self.load_error or "the model is still loading"
             raise ServiceError("not_ready", f"not ready: {reason}", retry_after=5)
-        return self.classifier
+        return self.variants.control.classifier
 
     async def close(self) -> None:
         for task in list(self._shadow_tasks):
             task.cancel()
-        for variant in self.variants.values():
-            await variant.batcher.close()
-        self._decode_pool.shutdown(wait=True)
+        await self.variants.close()
+        self.decoder.close()
         await asyncio.to_thread(self.prediction_log.close)
 
     # -- request path -------------------------------------------------------------------
+    def admit(self, images: int, client_key: str | None = None) -> Variant:
+        """The variant that will answer a request of `images` images, once the service is
+        ready and that variant's queue has room for them; else the 503 that says why."""
+        self.require_ready()
+        variant = self.variants.serving(client_key)
+        variant.batcher.check_admission(images)
+        return variant
+
     async def classify(
         self,
         images: list[bytes],
@@ -176,68 +108,65 @@ class ClassificationPipeline:
         request_id: str,
         started: float,
         client_key: str | None = None,
+        variant_name: str | None = None,
     ) -> tuple[Variant, list[dict]]:
-        """The serving variant that answered and its results, in input order."""
-        self.require_ready()
-        variant = self.variants[self.router.choose(client_key).name]
-        variant.batcher.check_admission(len(images))
-        shadows = [
-            self.variants[s.name]
-            for s in self.router.shadows_for_request()
-            if self.variants[s.name].ready
-        ]
-        preprocessors = [v.classifier.preprocessor for v in (variant, *shadows)]
-        loop = asyncio.get_running_loop()
-        decoded = await asyncio.gather(
-            *(
-                loop.run_in_executor(self._decode_pool, self._decode, data, preprocessors)
-                for data in images
-            ),
-            return_exceptions=True,
+        """The serving variant that answered and its results, in input order. `variant_name`
+        is the one the request guard admitted, if any (see admit)."""
+        if variant_name is None:
+            variant = self.admit(len(images), client_key)
+        else:
+            self.require_ready()
+            variant = self.variants[variant_name]
+            variant.batcher.check_admission(len(images))
+        shadows = self.variants.shadows_for_request()
+        decoded = await self.decoder.decode(
+            images, [v.classifier.preprocessor for v in (variant, *shadows)]
         )
-        for index, item in enumerate(decoded):
-            if isinstance(item, ServiceError):
-                if len(images) > 1:
-                    item.message = f"images[{index}]: {item.message}"
-                raise item
-            if isinstance(item, BaseException):
-                raise item
         infos = [info for info, _ in decoded]
         rows = await variant.batcher.submit([tensors[0] for _, tensors in decoded])
-        metrics.QUEUE_DEPTH.set(self.pending)
         latency_ms = (time.perf_counter() - started) * 1000.0
-        self._remember(request_id, variant.name, len(images))
-        LIVE.request(variant.name, len(images), latency_ms)
-        results = []
-        for index, (info, probabilities) in enumerate(zip(infos, rows, strict=True)):
-            prediction = variant.classifier.top_k(probabilities, max(top_k, 5))
-            self._observe(variant, prediction, info, request_id, index, latency_ms)
-            results.append(
-                {
-                    "label": prediction.label,
-                    "class_index": prediction.class_index,
-                    "confidence": prediction.confidence,
-                    "top_k": prediction.top_k[:top_k],
-                    "image": {"width": info.width, "height": info.height, "format": info.format},
-                }
-            )
-        for position, shadow in enumerate(shadows, start=1):
-            tensors = [item_tensors[position] for _, item_tensors in decoded]
-            task = loop.create_task(self._shadow(shadow, tensors, infos, request_id, started))
-            self._shadow_tasks.add(task)
-            task.add_done_callback(self._shadow_tasks.discard)
+        self.recent.remember(request_id, variant.name, len(images))
+        self.observer.request(variant, len(images), latency_ms)
+        results = [
+            self._answer(variant, info, probabilities, top_k, request_id, index, latency_ms)
+            for index, (info, probabilities) in enumerate(zip(infos, rows, strict=True))
+        ]
+        self._mirror(shadows, decoded, request_id, started)
         return variant, results
 
-    @property
-    def pending(self) -> int:
-        return sum(v.batcher.pending for v in self.variants.values())
+    def _answer(
+        self,
+        variant: Variant,
+        info: DecodedInfo,
+        probabilities: torch.Tensor,
+        top_k: int,
+        request_id: str,
+        index: int,
+        latency_ms: float,
+    ) -> dict:
+        """One image's result as the API returns it; its observation recorded."""
+        prediction = variant.classifier.top_k(probabilities, max(top_k, 5))
+        self.observer.prediction(variant, prediction, info, request_id, index, latency_ms)
+        return {
+            "label": prediction.label,
+            "class_index": prediction.class_index,
+            "confidence": prediction.confidence,
+            "top_k": prediction.top_k[:top_k],
+            "image": {"width": info.width, "height": info.height, "format": info.format},
+        }
 
-    def _decode(self, data: bytes, preprocessors) -> tuple[DecodedInfo, list[torch.Tensor]]:
-        started = time.perf_counter()
-        image, info = preprocessors[0].decode(data)
-        tensors = [preprocessor.to_tensor(image) for preprocessor in preprocessors]
-        metrics.PREPROCESS_SECONDS.observe(time.perf_counter() - started)
-        return info, tensors
+    def _mirror(
+        self, shadows: list[Variant], decoded: list[Decoded], request_id: str, started: float
+    ) -> None:
+        """Hand the request's images to its shadows, without waiting for them."""
+        infos = [info for info, _ in decoded]
+        for position, shadow in enumerate(shadows, start=1):
+            tensors = [item_tensors[position] for _, item_tensors in decoded]
+            task = asyncio.get_running_loop().create_task(
+                self._shadow(shadow, tensors, infos, request_id, started)
+            )
+            self._shadow_tasks.add(task)
+            task.add_done_callback(self._shadow_tasks.discard)
 
     async def _shadow(self, variant, tensors, infos, request_id: str, started: float) -> None:
         """Run a shadow on images already answered; whatever happens stays here."""
@@ -246,88 +175,35 @@ class ClassificationPipeline:
             latency_ms = (time.perf_counter() - started) * 1000.0
             for index, (info, probabilities) in enumerate(zip(infos, rows, strict=True)):
                 prediction = variant.classifier.top_k(probabilities, 5)
-                self._observe(variant, prediction, info, request_id, index, latency_ms)
+                self.observer.prediction(variant, prediction, info, request_id, index, latency_ms)
         except ServiceError as exc:  # its queue is full: the shadow skips this request
-            metrics.SHADOW_FAILURES.labels(variant=variant.name, reason=exc.code).inc()
+            self.observer.shadow_failed(variant, exc.code)
         except Exception as exc:  # noqa: BLE001 - a broken candidate must never reach clients
-            metrics.SHADOW_FAILURES.labels(variant=variant.name, reason="error").inc()
+            self.observer.shadow_failed(variant, "error")
             log.warning("shadow variant %s failed on %s: %s", variant.name, request_id, exc)
 
-    def _remember(self, request_id: str, variant: str, images: int) -> None:
-        self.recent[request_id] = (variant, images)
-        self.recent.move_to_end(request_id)
-        while len(self.recent) > RECENT_REQUESTS:
-            self.recent.popitem(last=False)
+    # -- what other parts ask -----------------------------------------------------------
+    def answered(self, request_id: str) -> ServedRequest | None:
+        """The variant and image count of a request this worker answered lately."""
+        return self.recent.get(request_id)
 
-    # -- observations -------------------------------------------------------------------
-    def _observe_batch(self, variant: str, stats: BatchStats) -> None:
-        metrics.INFERENCE_SECONDS.observe(stats.inference_seconds)
-        metrics.BATCH_SIZE.observe(stats.batch_size)
-        if not self.variants[variant].shadow:
-            LIVE.batch(stats.batch_size)
-        for waited in stats.queue_seconds:
-            metrics.QUEUE_SECONDS.observe(waited)
-        metrics.QUEUE_DEPTH.set(self.pending)
-        classifier = self.variants[variant].classifier
-        if classifier is not None and classifier.device.type == "cuda":
-            metrics.GPU_MEMORY_BYTES.set(torch.cuda.memory_allocated(classifier.device))
-
-    def _observe(
-        self,
-        variant: Variant,
-        prediction: Prediction,
-        info: DecodedInfo,
-        request_id: str,
-        index: int,
-        latency_ms: float,
-    ) -> None:
-        role = variant.role
-        classifier = variant.classifier
-        metrics.CONFIDENCE.labels(variant=variant.name, role=role).observe(prediction.confidence)
-        metrics.PREDICTION_LATENCY.labels(variant=variant.name, role=role).observe(
-            latency_ms / 1000.0
-        )
-        metrics.PREDICTIONS.labels(
-            label=metrics.class_label(prediction.label, prediction.class_index),
-            variant=variant.name,
-            role=role,
-        ).inc()
-        stats = info.stats
-        self.prediction_log.record(
-            PredictionRecord(
-                request_id=request_id,
-                model_name=classifier.name,
-                model_version=classifier.version,
-                class_index=prediction.class_index,
-                label=prediction.label,
-                confidence=prediction.confidence,
-                latency_ms=round(latency_ms, 3),
-                image_width=info.width,
-                image_height=info.height,
-                image_bytes=info.bytes,
-                item_index=index,
-                variant=variant.name,
-                role=role,
-                top5=",".join(str(item["class_index"]) for item in prediction.top_k[:5]),
-                brightness=stats.brightness if stats else None,
-                contrast=stats.contrast if stats else None,
-                saturation=stats.saturation if stats else None,
-                sharpness=stats.sharpness if stats else None,
-            )
-        )
+    def labels_of(self, variant_name: str) -> list[str]:
+        """The class names of the variant that answered (the control's if it is gone)."""
+        variant = self.variants.get(variant_name) or self.variants.control
+        return variant.classifier.labels
 
     def model_card(self) -> dict:
         classifier = self.require_ready()
-        batching = self.settings.batching
+        batching, control = self.settings.batching, self.variants.control
         return {
             **classifier.card(),
             "batching": {
                 "enabled": batching.enabled,
-                "max_batch_size": self.settings.batching.max_batch_size,
-                "effective_max_batch_size": self.batcher.max_batch_size,
-                "calibrated": self.settings.batching.calibrate,
+                "max_batch_size": batching.max_batch_size,
+                "effective_max_batch_size": control.batcher.max_batch_size,
+                "calibrated": batching.calibrate,
                 "ms_per_image_by_batch_size": {
-                    size: round(cost * 1000, 2) for size, cost in self.batch_profile.items()
+                    size: round(cost * 1000, 2) for size, cost in control.batch_profile.items()
                 },
                 "max_latency_ms": batching.max_latency_ms,
                 "max_queue_size": batching.max_queue_size,
@@ -344,6 +220,6 @@ class ClassificationPipeline:
                     "ready": variant.ready,
                     "load_error": variant.load_error,
                 }
-                for variant in self.variants.values()
+                for variant in self.variants
             ],
         }

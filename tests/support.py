@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import skimage
 from PIL import Image
+from sqlalchemy import Engine, create_engine
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = Path(skimage.__file__).parent / "data"
@@ -56,16 +57,35 @@ def metric(service, name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def accuracy_of(service, variant, samples, timeout_s=30):
-    """The variant's accuracy from /stats once it counts `samples` labels."""
+def eventually(probe, what: str, timeout_s: float = 30.0, interval_s: float = 0.5):
+    """Call `probe` until it returns something truthy, and return that: for what the service
+    does in the background (the prediction log flushes, the jobs tick). Fails naming `what`
+    and the last value once `timeout_s` has passed."""
     deadline = time.monotonic() + timeout_s
     while True:
+        value = probe()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s (last: {value!r})"
+        time.sleep(interval_s)
+
+
+def prediction_log(state_dir: Path) -> Engine:
+    """The SQLite prediction log a service with this state folder writes (its default)."""
+    return create_engine(f"sqlite:///{state_dir}/predictions.db")
+
+
+def accuracy_of(service, variant, samples, timeout_s=30):
+    """The variant's accuracy from /stats once it counts `samples` labels."""
+
+    def counted():
         stats = httpx.get(service.url + "/stats", timeout=30).json()
-        found = [a for a in stats["accuracy"] if a["variant"] == variant]
-        if found and found[0]["samples"] >= samples:
-            return found[0]
-        assert time.monotonic() < deadline, f"no accuracy for {variant} in /stats: {stats}"
-        time.sleep(0.5)
+        found = [
+            a for a in stats["accuracy"] if a["variant"] == variant and a["samples"] >= samples
+        ]
+        return found[0] if found else None
+
+    return eventually(counted, f"accuracy of {variant} over {samples} labels in /stats", timeout_s)
 
 
 class ServiceProcess:
@@ -93,7 +113,9 @@ class ServiceProcess:
         self.log_path = state_dir / "serve.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 120) -> ServiceProcess:
+    def start(self, timeout_s: float = 120, probe: str = "/readyz") -> ServiceProcess:
+        """Start it and return once `probe` answers 200 (/livez: the server is up, the model
+        may still be loading)."""
         bentoml = Path(sys.executable).parent / "bentoml"
         self.process = subprocess.Popen(
             [str(bentoml), "serve", *self.target, "--host", "127.0.0.1", "--port", str(self.port)],
@@ -108,7 +130,7 @@ class ServiceProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"bentoml serve exited:\n{self.log_path.read_text()[-3000:]}")
             try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                if httpx.get(self.url + probe, timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -2,13 +2,12 @@
 
 import concurrent.futures
 import re
-import time
 
 import httpx
 import torch
 from PIL import Image
-from sqlalchemy import create_engine, text
-from support import PHOTOS, encode, jpeg_of, metric, photo
+from sqlalchemy import text
+from support import PHOTOS, encode, eventually, jpeg_of, metric, photo, prediction_log
 
 
 def classify(service, data: bytes, name="photo.png", **form):
@@ -104,19 +103,17 @@ def test_health_metrics_and_openapi(service):
 def test_predictions_are_logged_to_sqlite(service):
     response = classify(service, photo("coffee.png"))
     request_id = response.json()["request_id"]
-    engine = create_engine(f"sqlite:///{service.state_dir}/predictions.db")
+    engine = prediction_log(service.state_dir)
     query = text(
         "SELECT label, confidence, image_width, image_height, image_bytes, latency_ms "
         "FROM predictions WHERE request_id = :rid"
     )
-    row = None
-    for _ in range(50):
+
+    def logged_row():
         with engine.connect() as conn:
-            row = conn.execute(query, {"rid": request_id}).first()
-        if row:
-            break
-        time.sleep(0.2)
-    assert row is not None, "prediction never reached the log"
+            return conn.execute(query, {"rid": request_id}).first()
+
+    row = eventually(logged_row, "the prediction in the log", timeout_s=10, interval_s=0.2)
     assert row.label == "espresso" and row.confidence > 0.8
     assert (row.image_width, row.image_height) == (600, 400)
     assert row.image_bytes == len(photo("coffee.png")) and row.latency_ms > 0

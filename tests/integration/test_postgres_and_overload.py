@@ -4,12 +4,11 @@ The database going away must neither slow nor fail requests, nor lose a single r
 """
 
 import concurrent.futures
-import time
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
-from support import ServiceProcess, jpeg_of, sqlalchemy_url
+from support import ServiceProcess, eventually, jpeg_of, sqlalchemy_url
 
 IMAGE = jpeg_of("coffee.png", (320, 240))
 
@@ -28,14 +27,13 @@ def logged_ids(postgres) -> set[str]:
 
 
 def wait_for_ids(postgres, expected: set[str], timeout=60.0) -> set[str]:
-    deadline = time.monotonic() + timeout
-    found: set[str] = set()
-    while time.monotonic() < deadline:
-        found = logged_ids(postgres)
-        if expected <= found:
-            break
-        time.sleep(0.5)
-    return found
+    """The logged request ids, once they include `expected`."""
+
+    def found():
+        ids = logged_ids(postgres)
+        return ids if expected <= ids else None
+
+    return eventually(found, f"{len(expected)} request ids in PostgreSQL", timeout)
 
 
 @pytest.fixture

@@ -3,14 +3,12 @@ beside the answer, and a broken candidate (its output is NaN) that clients never
 is refused at load, reported, and the service serves on. A shadow failing per request is
 contained the same way (tests/unit/test_shadow.py)."""
 
-import time
-
 import httpx
 import pytest
 import torch
 import yaml
-from sqlalchemy import create_engine, text
-from support import ServiceProcess, accuracy_of, metric, photo
+from sqlalchemy import text
+from support import ServiceProcess, accuracy_of, eventually, metric, photo, prediction_log
 
 from service.serving.model import default_weights_path
 
@@ -40,6 +38,16 @@ def ab_service(tmp_path_factory):
     server = ServiceProcess(state, {"BENTO_FLEET_CONFIG": str(state / "config.yaml")}).start()
     yield server
     server.stop()
+
+
+def logged_requests(db, pattern: str) -> int:
+    """Requests whose served answer has reached the prediction log, by request id pattern."""
+    query = text(
+        "SELECT COUNT(DISTINCT request_id) FROM predictions"
+        " WHERE request_id LIKE :pattern AND role = 'serve'"
+    )
+    with db.connect() as connection:
+        return connection.execute(query, {"pattern": pattern}).scalar_one()
 
 
 def classify(service, key=None, request_id=None):
@@ -87,9 +95,9 @@ def test_the_broken_shadow_never_reaches_clients(ab_service, service):
 
 def test_the_log_holds_served_and_shadow_answers_with_their_variant(ab_service):
     classify(ab_service, request_id="ab-logged")
-    db = create_engine(f"sqlite:///{ab_service.state_dir}/predictions.db")
-    deadline = time.monotonic() + 20
-    while True:
+    db = prediction_log(ab_service.state_dir)
+
+    def both_rows():
         with db.connect() as connection:
             rows = connection.execute(
                 text(
@@ -97,9 +105,9 @@ def test_the_log_holds_served_and_shadow_answers_with_their_variant(ab_service):
                     " WHERE request_id = 'ab-logged'"
                 )
             ).all()
-        if len(rows) == 2 or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+        return rows if len(rows) == 2 else None
+
+    rows = eventually(both_rows, "the served and the shadow row of ab-logged", timeout_s=20)
     served = [r for r in rows if r.role == "serve"]
     assert len(served) == 1 and served[0].variant in ("main", "candidate")
     assert [(r.variant, r.model_version) for r in rows if r.role == "shadow"] == [
@@ -110,7 +118,8 @@ def test_the_log_holds_served_and_shadow_answers_with_their_variant(ab_service):
 def test_feedback_scores_the_shadow_on_the_same_images(ab_service):
     for i in range(3):
         classify(ab_service, request_id=f"ab-fb-{i}")
-    time.sleep(1.5)
+    db = prediction_log(ab_service.state_dir)
+    eventually(lambda: logged_requests(db, "ab-fb-%") == 3, "the three requests in the log")
     for i in range(3):
         answer = httpx.post(
             ab_service.url + "/feedback",

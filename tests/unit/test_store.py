@@ -1,10 +1,9 @@
 """The prediction log on SQLite: batched writes, spooling while the database fails, replay."""
 
-import time
-
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
+from support import eventually
 
 import service.store.db as store_db
 import service.store.log as store_log
@@ -31,15 +30,6 @@ def rows(db) -> list[str]:
         return [r[0] for r in conn.execute(text("SELECT request_id FROM predictions"))]
 
 
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.fixture
 def make_log(tmp_path):
     logs = []
@@ -62,7 +52,7 @@ def test_records_are_migrated_and_written(make_log, tmp_path):
     log.start()
     for i in range(25):
         log.record(record(i))
-    assert wait_for(lambda: log.written == 25)
+    eventually(lambda: log.written == 25, "log.written == 25", timeout_s=10, interval_s=0.05)
     assert sorted(rows(tmp_path / "db/p.db")) == sorted(f"req-{i}" for i in range(25))
     with create_engine(f"sqlite:///{tmp_path}/db/p.db").connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
@@ -88,10 +78,10 @@ def test_failed_batches_are_spooled_then_replayed_without_loss(make_log, tmp_pat
     log.start()
     for i in range(30):
         log.record(record(i))
-    assert wait_for(lambda: log.spooled == 30)
+    eventually(lambda: log.spooled == 30, "log.spooled == 30", timeout_s=10, interval_s=0.05)
     assert log.pending == 30 and list((tmp_path / "spool").glob("*.jsonl"))
     flaky.down = False
-    assert wait_for(lambda: log.pending == 0)
+    eventually(lambda: log.pending == 0, "log.pending == 0", timeout_s=10, interval_s=0.05)
     assert sorted(rows(tmp_path / "db/p.db")) == sorted(f"req-{i}" for i in range(30))
 
 
@@ -101,7 +91,7 @@ def test_replaying_a_file_twice_inserts_each_row_once(make_log, tmp_path):
     log._spool(batch)
     log._spool(batch)  # e.g. a crash after the insert, before the spool file was removed
     log.start()
-    assert wait_for(lambda: log.pending == 0)
+    eventually(lambda: log.pending == 0, "log.pending == 0", timeout_s=10, interval_s=0.05)
     assert sorted(rows(tmp_path / "db/p.db")) == [f"req-{i}" for i in range(5)]
 
 
@@ -120,7 +110,9 @@ def test_close_spools_what_the_database_did_not_take_and_a_restart_replays_it(
     restarted = make_log()
     assert restarted.pending == 7  # found the spool left by the earlier run
     restarted.start()
-    assert wait_for(lambda: restarted.pending == 0)
+    eventually(
+        lambda: restarted.pending == 0, "restarted.pending == 0", timeout_s=10, interval_s=0.05
+    )
     assert len(rows(tmp_path / "db/p.db")) == 7
 
 

@@ -30,8 +30,15 @@ def test_a_client_key_always_meets_the_same_variant():
     split = router(50, 50)
     for key in ("alice", "bob", "carol", "dave"):
         assert len({split.choose(key).name for _ in range(50)}) == 1
-    assert key_fraction("alice") == key_fraction("alice")
     assert len({split.choose(f"k{i}").name for i in range(100)}) == 2
+
+
+def test_a_client_key_maps_to_the_same_point_on_every_host_and_release():
+    # Pinned: a change here would move every sticky client to another variant on upgrade.
+    assert key_fraction("alice") == pytest.approx(0.1712650529798836, abs=1e-15)
+    assert key_fraction("bob") == pytest.approx(0.5066866783861982, abs=1e-15)
+    split = router(50, 50)
+    assert (split.choose("alice").name, split.choose("bob").name) == ("v0", "v1")
 
 
 def test_shadows_mirror_their_share_and_the_control_is_the_largest_weight():

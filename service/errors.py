@@ -25,7 +25,8 @@ ERROR_STATUS: dict[str, int] = {
     "invalid_index": 422,
     "method_not_allowed": 405,
     "overloaded": 503,
-    "not_ready": 503,
+    "model_loading": 503,  # with Retry-After: the models are loading and warming up
+    "load_failed": 503,  # without: a serving model or the prediction log failed to start
     "store_unavailable": 503,
     "internal_error": 500,
 }

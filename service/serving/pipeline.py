@@ -80,9 +80,12 @@ class ClassificationPipeline:
         return self.variants.ready
 
     def require_ready(self) -> Classifier:
+        if self.load_error is not None:
+            raise ServiceError("load_failed", f"not ready: {self.load_error}")
         if not self.ready:
-            reason = self.load_error or "the model is still loading"
-            raise ServiceError("not_ready", f"not ready: {reason}", retry_after=5)
+            raise ServiceError(
+                "model_loading", "not ready: the model is still loading", retry_after=5
+            )
         return self.variants.control.classifier
 
     async def close(self) -> None:

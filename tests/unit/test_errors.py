@@ -18,7 +18,8 @@ def test_error_response_shape_and_retry_after():
 
 def test_client_errors_are_4xx():
     for code, status in ERROR_STATUS.items():
-        if code not in ("overloaded", "not_ready", "store_unavailable", "internal_error"):
+        server_side = ("overloaded", "model_loading", "load_failed", "store_unavailable")
+        if code not in (*server_side, "internal_error"):
             assert 400 <= status < 500, code
 
 

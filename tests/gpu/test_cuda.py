@@ -1,7 +1,7 @@
 """The GPU path, on a host with CUDA (`make test-gpu`): fp16 and channels_last chosen at run time,
 the same answers as float32 on the CPU, and `bentoml serve` serving from the GPU.
 
-Not part of `make test`, which must pass on machines without a GPU; the README records a run."""
+Not part of `make test`, which must pass on machines without a GPU; docs/gpu.md records a run."""
 
 import httpx
 import pytest

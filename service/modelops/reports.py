@@ -58,6 +58,20 @@ DRIFT_HEADERS = (
 )
 
 
+def result_row(result, drifted) -> tuple:
+    """One feature's verdict as a table row, `drifted` written as the table shows it."""
+    return (
+        result.feature,
+        result.test,
+        result.statistic,
+        result.p_value,
+        result.threshold,
+        drifted,
+        result.reference_samples,
+        result.current_samples,
+    )
+
+
 def drift_text(checks: Sequence[DriftCheck]) -> str:
     parts = []
     for check in checks:
@@ -66,19 +80,7 @@ def drift_text(checks: Sequence[DriftCheck]) -> str:
             title += f" (reference: {check.reference_source}; window: {check.current_samples})"
         parts.append(title)
         if check.results:
-            rows = [
-                (
-                    r.feature,
-                    r.test,
-                    r.statistic,
-                    r.p_value,
-                    r.threshold,
-                    "DRIFT" if r.drifted else "no",
-                    r.reference_samples,
-                    r.current_samples,
-                )
-                for r in check.results
-            ]
+            rows = [result_row(r, "DRIFT" if r.drifted else "no") for r in check.results]
             parts.append(table(DRIFT_HEADERS, rows))
             drifted = check.drifted
             parts.append(f"drifted: {', '.join(drifted)}" if drifted else "no drift")
@@ -185,19 +187,7 @@ def drift_html(checks: Sequence[DriftCheck]) -> str:
             f" &middot; recent window: {check.current_samples} predictions</p>"
         )
         if check.results:
-            rows = [
-                (
-                    r.feature,
-                    r.test,
-                    r.statistic,
-                    r.p_value,
-                    r.threshold,
-                    r.drifted,
-                    r.reference_samples,
-                    r.current_samples,
-                )
-                for r in check.results
-            ]
+            rows = [result_row(r, r.drifted) for r in check.results]
             sections.append(_html_table(DRIFT_HEADERS, rows, flag=5))
             sections.append(_drift_plots(check))
     return PAGE.format(title="bento-fleet drift report", when=_now(), body="".join(sections))

@@ -52,7 +52,8 @@ class Observer:
         index: int,
         latency_ms: float,
     ) -> None:
-        """One image's answer from `variant`, serving or shadow."""
+        """One image's answer from `variant`, serving or shadow: its metrics and its row in the
+        prediction log."""
         role = variant.role
         metrics.CONFIDENCE.labels(variant=variant.name, role=role).observe(prediction.confidence)
         metrics.PREDICTION_LATENCY.labels(variant=variant.name, role=role).observe(
@@ -63,42 +64,30 @@ class Observer:
             variant=variant.name,
             role=role,
         ).inc()
+        classifier, stats = variant.classifier, info.stats
         self.prediction_log.record(
-            record_of(variant, prediction, info, request_id, index, latency_ms)
+            PredictionRecord(
+                request_id=request_id,
+                model_name=classifier.name,
+                model_version=classifier.version,
+                class_index=prediction.class_index,
+                label=prediction.label,
+                confidence=prediction.confidence,
+                latency_ms=round(latency_ms, 3),
+                image_width=info.width,
+                image_height=info.height,
+                image_bytes=info.bytes,
+                item_index=index,
+                variant=variant.name,
+                role=role,
+                top5=",".join(str(item["class_index"]) for item in prediction.top_k[:5]),
+                brightness=stats.brightness if stats else None,
+                contrast=stats.contrast if stats else None,
+                saturation=stats.saturation if stats else None,
+                sharpness=stats.sharpness if stats else None,
+            )
         )
 
     @staticmethod
     def shadow_failed(variant: Variant, reason: str) -> None:
         metrics.SHADOW_FAILURES.labels(variant=variant.name, reason=reason).inc()
-
-
-def record_of(
-    variant: Variant,
-    prediction: Prediction,
-    info: DecodedInfo,
-    request_id: str,
-    index: int,
-    latency_ms: float,
-) -> PredictionRecord:
-    """The prediction log's row for one image's answer."""
-    classifier, stats = variant.classifier, info.stats
-    return PredictionRecord(
-        request_id=request_id,
-        model_name=classifier.name,
-        model_version=classifier.version,
-        class_index=prediction.class_index,
-        label=prediction.label,
-        confidence=prediction.confidence,
-        latency_ms=round(latency_ms, 3),
-        image_width=info.width,
-        image_height=info.height,
-        image_bytes=info.bytes,
-        item_index=index,
-        variant=variant.name,
-        role=variant.role,
-        top5=",".join(str(item["class_index"]) for item in prediction.top_k[:5]),
-        brightness=stats.brightness if stats else None,
-        contrast=stats.contrast if stats else None,
-        saturation=stats.saturation if stats else None,
-        sharpness=stats.sharpness if stats else None,
-    )

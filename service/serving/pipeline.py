@@ -96,11 +96,14 @@ class ClassificationPipeline:
         await asyncio.to_thread(self.prediction_log.close)
 
     # -- request path -------------------------------------------------------------------
-    def admit(self, images: int, client_key: str | None = None) -> Variant:
-        """The variant that will answer a request of `images` images, once the service is
-        ready and that variant's queue has room for them; else the 503 that says why."""
+    def admit(
+        self, images: int, client_key: str | None = None, chosen: str | None = None
+    ) -> Variant:
+        """The variant that will answer a request of `images` images (`chosen`, else routed by
+        the client key), once the service is ready and that variant's queue has room for them;
+        else the 503 that says why."""
         self.require_ready()
-        variant = self.variants.serving(client_key)
+        variant = self.variants[chosen] if chosen else self.variants.serving(client_key)
         variant.batcher.check_admission(images)
         return variant
 
@@ -115,12 +118,7 @@ class ClassificationPipeline:
     ) -> tuple[Variant, list[dict]]:
         """The serving variant that answered and its results, in input order. `variant_name`
         is the one the request guard admitted, if any (see admit)."""
-        if variant_name is None:
-            variant = self.admit(len(images), client_key)
-        else:
-            self.require_ready()
-            variant = self.variants[variant_name]
-            variant.batcher.check_admission(len(images))
+        variant = self.admit(len(images), client_key, chosen=variant_name)
         shadows = self.variants.shadows_for_request()
         decoded = await self.decoder.decode(
             images, [v.classifier.preprocessor for v in (variant, *shadows)]
@@ -134,7 +132,7 @@ class ClassificationPipeline:
             self._answer(variant, info, probabilities, top_k, request_id, index, latency_ms)
             for index, (info, probabilities) in enumerate(zip(infos, rows, strict=True))
         ]
-        self._mirror(shadows, decoded, request_id, started)
+        self._mirror(shadows, decoded, infos, request_id, started)
         return variant, results
 
     def _answer(
@@ -159,10 +157,14 @@ class ClassificationPipeline:
         }
 
     def _mirror(
-        self, shadows: list[Variant], decoded: list[Decoded], request_id: str, started: float
+        self,
+        shadows: list[Variant],
+        decoded: list[Decoded],
+        infos: list[DecodedInfo],
+        request_id: str,
+        started: float,
     ) -> None:
         """Hand the request's images to its shadows, without waiting for them."""
-        infos = [info for info, _ in decoded]
         for position, shadow in enumerate(shadows, start=1):
             tensors = [item_tensors[position] for _, item_tensors in decoded]
             task = asyncio.get_running_loop().create_task(

@@ -71,7 +71,10 @@ class BatchingSettings(BaseModel):
         description="Longest a request may wait in the queue; beyond it new requests get 503",
     )
     max_queue_size: int = Field(
-        48, ge=1, description="Images waiting or running at most; beyond it a fast 503"
+        64,
+        ge=1,
+        description="Images waiting or running at most; beyond it a fast 503. At least "
+        "limits.max_batch_images, or the largest batch requests could never be admitted",
     )
     enabled: bool = Field(True, description="False runs every image as its own batch of 1")
     calibrate: bool = Field(
@@ -197,6 +200,18 @@ class Settings(BaseSettings):
             raise ValueError(f"variants: names must be unique, got {names}")
         if self.variants and not any(v.weight > 0 and not v.shadow for v in self.variants):
             raise ValueError("variants: at least one non-shadow variant needs a weight > 0")
+        return self
+
+    @model_validator(mode="after")
+    def _largest_batch_fits_the_queue(self) -> Settings:
+        # A request larger than the queue is refused with 503 even when the server is idle,
+        # and its Retry-After sends the client round forever.
+        if self.limits.max_batch_images > self.batching.max_queue_size:
+            raise ValueError(
+                f"limits.max_batch_images ({self.limits.max_batch_images}) exceeds "
+                f"batching.max_queue_size ({self.batching.max_queue_size}): such batches "
+                "could never be admitted; lower the one or raise the other"
+            )
         return self
 
     @property

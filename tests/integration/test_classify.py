@@ -53,6 +53,16 @@ def test_batch_results_come_back_in_input_order(service):
     assert [r["image"]["width"] for r in response.json()["results"]] == widths
 
 
+def test_the_largest_batch_is_served_on_an_idle_server(service):
+    # Issue 16: with the queue smaller than max_batch_images, such a batch got 503 for ever.
+    limit = httpx.get(service.url + "/model").json()["limits"]["max_batch_images"]
+    data = jpeg_of("coffee.png", (64, 48))
+    files = [("images", (f"{i}.jpg", data)) for i in range(limit)]
+    response = httpx.post(service.url + "/classify_batch", files=files, timeout=120)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["results"]) == limit
+
+
 def test_concurrent_requests_are_batched(service):
     count_before = metric(service, "bento_fleet_batch_size_count")
     sum_before = metric(service, "bento_fleet_batch_size_sum")

@@ -45,6 +45,7 @@ def pg_service(postgres, tmp_path):
             "BENTO_FLEET_DATABASE__RETRY_INTERVAL_S": "0.5",
             "BENTO_FLEET_DATABASE__FLUSH_INTERVAL_S": "0.2",
             "BENTO_FLEET_BATCHING__MAX_QUEUE_SIZE": "4",
+            "BENTO_FLEET_LIMITS__MAX_BATCH_IMAGES": "4",
         },
     ).start()
     yield server

@@ -86,3 +86,16 @@ def test_other_architectures_need_their_weights(monkeypatch):
     monkeypatch.setenv("BENTO_FLEET_MODEL__ARCHITECTURE", "resnet50")
     with pytest.raises(ValidationError, match="weights_path is required"):
         Settings()
+
+
+def test_a_queue_smaller_than_the_largest_batch_is_refused(monkeypatch):
+    monkeypatch.setenv("BENTO_FLEET_BATCHING__MAX_QUEUE_SIZE", "48")
+    with pytest.raises(ValidationError, match=r"max_batch_images \(64\) exceeds .*max_queue_size"):
+        Settings()
+    monkeypatch.setenv("BENTO_FLEET_LIMITS__MAX_BATCH_IMAGES", "48")
+    assert Settings().limits.max_batch_images == 48
+
+
+def test_the_defaults_admit_the_largest_batch():
+    settings = Settings()
+    assert settings.limits.max_batch_images <= settings.batching.max_queue_size

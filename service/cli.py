@@ -19,6 +19,8 @@ from pathlib import Path
 
 from .settings import get_settings
 from .store.db import make_engine, migrate
+from .store.dead_letters import DeadLetters
+from .store.log import PredictionRecord, insert_ignoring_duplicates
 
 EXIT_DRIFT = 3  # `drift check --fail-on-drift` when a feature drifted: for cron and CI
 
@@ -101,6 +103,24 @@ def ab_report_command(args, settings) -> int:
     return 0
 
 
+def dead_letters_command(args, settings) -> int:
+    """List the rows the database refused (and why); with --replay, insert them again."""
+    letters = DeadLetters(settings.spool_dir / "dead-letter")
+    if args.replay:
+        engine = _engine(settings)
+        written, refused = letters.replay(
+            lambda row: insert_ignoring_duplicates(engine, [PredictionRecord.from_row(row)])
+        )
+        print(f"replayed: {written} written, {refused} still refused")
+        return 1 if refused else 0
+    count = 0
+    for error, row in letters.entries():
+        count += 1
+        print(f"{row['id']}  {row['created_at']}  request {row['request_id']}: {error}")
+    print(f"{count} dead-lettered rows in {letters.path}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="bento-fleet", description=__doc__.split("\n\n")[0])
     groups = root.add_subparsers(dest="group", required=True)
@@ -130,6 +150,17 @@ def parser() -> argparse.ArgumentParser:
     ab_report.add_argument("--html", help="also write an HTML report here")
     ab_report.add_argument("--json", help="also write the figures as JSON here")
     ab_report.set_defaults(run=ab_report_command)
+
+    prediction_log = groups.add_parser("log", help="the prediction log").add_subparsers(
+        dest="command", required=True
+    )
+    dead_letters = prediction_log.add_parser(
+        "dead-letters", help="rows the database refused for good, and why"
+    )
+    dead_letters.add_argument(
+        "--replay", action="store_true", help="insert them again; exit 1 if any is still refused"
+    )
+    dead_letters.set_defaults(run=dead_letters_command)
     return root
 
 

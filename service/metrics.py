@@ -149,6 +149,16 @@ PREDICTION_LOG_PENDING = Gauge(
     namespace=NAMESPACE,
     multiprocess_mode="livesum",
 )
+PREDICTION_LOG_DROPPED = Counter(
+    "prediction_log_dropped",
+    "Prediction records lost: memory bound reached while the database and the spool failed",
+    namespace=NAMESPACE,
+)
+PREDICTION_LOG_DEAD_LETTERS = Counter(
+    "prediction_log_dead_letters",
+    "Prediction records the database refused for good, kept in the dead-letter file",
+    namespace=NAMESPACE,
+)
 
 # Pre-create the error series so dashboards see zeros, not gaps.
 for _code in ERROR_STATUS:

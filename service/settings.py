@@ -99,6 +99,12 @@ class DatabaseSettings(BaseModel):
     flush_batch_size: int = Field(500, ge=1)
     retry_interval_s: float = Field(2.0, gt=0)
     connect_timeout_s: int = Field(3, ge=1)
+    max_memory_rows: int = Field(
+        100_000,
+        ge=1,
+        description="Rows held in memory at most while the database and the spool both fail; "
+        "beyond it rows are dropped and counted (bento_fleet_prediction_log_dropped_total)",
+    )
 
     @field_validator("url")
     @classmethod

@@ -43,7 +43,10 @@ class ClassificationPipeline:
             flush_batch_size=settings.database.flush_batch_size,
             retry_interval_s=settings.database.retry_interval_s,
             connect_timeout_s=settings.database.connect_timeout_s,
+            max_memory_rows=settings.database.max_memory_rows,
             on_pending=metrics.PREDICTION_LOG_PENDING.set,
+            on_dropped=metrics.PREDICTION_LOG_DROPPED.inc,
+            on_dead_letter=metrics.PREDICTION_LOG_DEAD_LETTERS.inc,
         )
         self.variants = VariantSet(
             settings, on_batch=lambda v, stats: self.observer.batch(v, stats)

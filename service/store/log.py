@@ -7,6 +7,19 @@ spooling (without waiting on the database) until a retry succeeds; then it repla
 oldest first. Rows carry their own primary key and are inserted with ON CONFLICT DO NOTHING,
 so a replay after a half-finished insert never duplicates a row. `close()` flushes everything
 (to the database, or else to the spool) on graceful shutdown, and the next start replays it.
+
+Faults, and why none of them stops the log:
+- The database *down* (connection refused, timeout) and the database *refusing a row* (a value
+  too long, a constraint) are told apart by the error's class. Down: spool and retry later.
+  Refused: the batch is halved until the refused rows stand alone; those go to the dead-letter
+  file (`DeadLetters`, which an operator lists and replays with `bento-fleet log`) and every
+  other row is written. A poisoned row never blocks the rows behind it.
+- The spool itself failing (a full disk, ENOSPC; a read-only file system) keeps the batch in
+  memory and retries it at the next flush, with the database retried first.
+- Memory is bounded: rows held in memory (queued or kept back after a failed spool) never
+  exceed `max_memory_rows`. Beyond it `record` drops the row and counts it (`dropped`, a
+  metric with an alert): losing rows must be loud, running the host out of memory is worse.
+- Any other error in the writer is logged and the writer goes on.
 """
 
 from __future__ import annotations
@@ -24,9 +37,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from .db import dialect_insert, make_engine, migrate
+from .dead_letters import DeadLetters, error_message
 from .schema import Prediction, Role
 
 log = logging.getLogger(__name__)
@@ -55,16 +69,22 @@ class PredictionRecord:
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
-    def to_json(self) -> str:
+    def to_row(self) -> dict:
+        """Its fields as JSON types (the spool's and the dead-letter file's form)."""
         row = asdict(self)
         row["created_at"] = self.created_at.isoformat()
-        return json.dumps(row)
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict) -> PredictionRecord:
+        return cls(**{**row, "created_at": datetime.fromisoformat(row["created_at"])})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_row())
 
     @classmethod
     def from_json(cls, line: str) -> PredictionRecord:
-        row = json.loads(line)
-        row["created_at"] = datetime.fromisoformat(row["created_at"])
-        return cls(**row)
+        return cls.from_row(json.loads(line))
 
 
 def insert_ignoring_duplicates(engine: Engine, records: list[PredictionRecord]) -> None:
@@ -83,7 +103,10 @@ class PredictionLog:
         flush_batch_size: int = 500,
         retry_interval_s: float = 2.0,
         connect_timeout_s: int = 3,
+        max_memory_rows: int = 100_000,
         on_pending: Callable[[int], None] | None = None,
+        on_dropped: Callable[[int], None] | None = None,
+        on_dead_letter: Callable[[int], None] | None = None,
     ):
         self.url = url
         self.spool_dir = Path(spool_dir)
@@ -91,7 +114,10 @@ class PredictionLog:
         self.flush_batch_size = flush_batch_size
         self.retry_interval_s = retry_interval_s
         self.engine = make_engine(url, connect_timeout_s)
+        self.max_memory_rows = max_memory_rows
         self._queue: queue.SimpleQueue[PredictionRecord] = queue.SimpleQueue()
+        self._held: list[PredictionRecord] = []  # kept back after the spool failed (ENOSPC)
+        self.dead_letters = DeadLetters(self.spool_dir / "dead-letter")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._migrated = False
@@ -99,7 +125,12 @@ class PredictionLog:
         self._spool_seq = 0
         self.written = 0
         self.spooled = 0
+        self.dropped = 0
+        self.dead_lettered = 0
         self._on_pending = on_pending  # told the backlog after every flush (a metric)
+        self._on_dropped = on_dropped  # told each count of rows dropped (a counter)
+        self._on_dead_letter = on_dead_letter  # told each count of rows refused for good
+        self._spool_failing = False
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +138,17 @@ class PredictionLog:
 
     # -- request path -------------------------------------------------------------------
     def record(self, record: PredictionRecord) -> None:
+        if self._queue.qsize() + len(self._held) >= self.max_memory_rows:
+            self._drop(1, "memory bound reached (max_memory_rows)")
+            return
         self._queue.put(record)
+
+    def _drop(self, count: int, why: str) -> None:
+        if self.dropped == 0 or count > 1:
+            log.error("prediction log: dropping %d record(s): %s", count, why)
+        self.dropped += count
+        if self._on_dropped:
+            self._on_dropped(count)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -119,7 +160,13 @@ class PredictionLog:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
-        self._flush(self._drain(), final=True)
+        try:
+            self._flush(self._drain(), final=True)
+        except Exception:
+            log.exception("prediction log: final flush failed")
+        if self._held:  # neither the database nor the spool took them
+            self._drop(len(self._held), "database and spool both failed at shutdown")
+            self._held = []
         self.engine.dispose()
 
     @property
@@ -130,7 +177,7 @@ class PredictionLog:
     @property
     def pending(self) -> int:
         """Records not yet in the database: queued in memory or spooled on disk."""
-        return self._queue.qsize() + self._spooled_rows
+        return self._queue.qsize() + len(self._held) + self._spooled_rows
 
     def _count_spooled_rows(self) -> int:
         total = 0
@@ -145,8 +192,11 @@ class PredictionLog:
     # -- writer thread ------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
-            batch = self._collect()
-            self._flush(batch)
+            try:
+                self._flush(self._collect())
+            except Exception:  # never let one fault end logging for good
+                log.exception("prediction log: unexpected error in the writer; going on")
+                time.sleep(self.retry_interval_s)
             if self._on_pending:
                 self._on_pending(self.pending)
         # close() drains whatever is left after the join.
@@ -173,15 +223,21 @@ class PredictionLog:
                 return batch
 
     def _flush(self, batch: list[PredictionRecord], final: bool = False) -> None:
+        if self._held:
+            batch, self._held = self._held + batch, []
         retry_due = final or time.monotonic() >= self._next_attempt
-        # Spooled rows go first, so the database receives records in the order they were made.
-        if (
-            retry_due
-            and self._database_ok()
-            and self._replay_spool()
-            and (not batch or self._write(batch))
-        ):
-            return
+        try:
+            # Spooled rows go first, so the database receives records in the order they were made.
+            if (
+                retry_due
+                and self._database_ok()
+                and self._replay_spool()
+                and (not batch or self._write(batch))
+            ):
+                return
+        except Exception as exc:  # unforeseen: the batch is kept, by the spool or in memory
+            log.exception("prediction log: write failed unexpectedly; spooling")
+            self._mark_down(exc)
         if batch:
             self._spool(batch)
 
@@ -197,10 +253,25 @@ class PredictionLog:
             return False
 
     def _write(self, batch: list[PredictionRecord]) -> bool:
+        """Write the batch; False if the database is down (nothing refused is left behind)."""
         try:
             insert_ignoring_duplicates(self.engine, batch)
             self.written += len(batch)
             return True
+        except (DataError, IntegrityError) as exc:  # the database answered: it refuses rows
+            if len(batch) == 1:
+                self.dead_letters.add(batch[0].to_row(), error_message(exc))
+                self.dead_lettered += 1
+                log.error(
+                    "prediction log: row %s refused, dead-lettered: %s",
+                    batch[0].id,
+                    error_message(exc),
+                )
+                if self._on_dead_letter:
+                    self._on_dead_letter(1)
+                return True
+            half = len(batch) // 2  # about log2(n) inserts find each refused row
+            return self._write(batch[:half]) and self._write(batch[half:])
         except (SQLAlchemyError, OSError) as exc:
             self._mark_down(exc)
             return False
@@ -218,11 +289,26 @@ class PredictionLog:
         self._spool_seq += 1
         name = f"{time.time_ns():020d}-{os.getpid()}-{self._spool_seq:06d}"
         tmp = self.spool_dir / f"{name}.tmp"
-        with tmp.open("w") as fh:
-            fh.writelines(record.to_json() + "\n" for record in batch)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.rename(self.spool_dir / f"{name}.jsonl")  # atomic: replay never sees half a file
+        try:
+            with tmp.open("w") as fh:
+                fh.writelines(record.to_json() + "\n" for record in batch)
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.rename(self.spool_dir / f"{name}.jsonl")  # atomic: replay never sees half a file
+        except OSError as exc:  # ENOSPC, EROFS: keep the rows and try again at the next flush
+            tmp.unlink(missing_ok=True)
+            if not self._spool_failing:
+                log.error("prediction log: spool write failed, holding rows in memory: %s", exc)
+            self._spool_failing = True
+            self._held = batch + self._held
+            if len(self._held) > self.max_memory_rows:  # oldest rows go first
+                excess = len(self._held) - self.max_memory_rows
+                self._held = self._held[excess:]
+                self._drop(excess, f"spool failing ({exc}) and memory bound reached")
+            return
+        if self._spool_failing:
+            log.warning("prediction log: spool writable again")
+            self._spool_failing = False
         self.spooled += len(batch)
         self._spooled_rows += len(batch)
 

@@ -98,3 +98,41 @@ def test_overload_gets_fast_503_with_retry_after_and_admitted_requests_are_answe
         else:
             assert response.json()["label"] == "espresso"
     assert classify(pg_service.url).status_code == 200  # and it recovers at once
+
+
+def test_a_row_postgres_refuses_is_dead_lettered_and_the_rest_arrive(postgres, tmp_path):
+    """A label over 256 characters: PostgreSQL refuses the row (a DataError, not an outage)."""
+    from service.cli import main as cli
+    from service.store import PredictionLog, PredictionRecord
+
+    def row(i, label="espresso"):
+        return PredictionRecord(
+            request_id=f"poison-{i}", model_name="m", model_version="1", class_index=967,
+            label=label, confidence=0.9, latency_ms=10.0, image_width=320, image_height=240,
+            image_bytes=1000,
+        )  # fmt: skip
+
+    url = sqlalchemy_url(postgres.url)
+    log = PredictionLog(url, tmp_path / "spool", flush_interval_s=0.05, retry_interval_s=0.2)
+    log.start()
+    for i in range(30):
+        log.record(row(i, "x" * 300 if i == 11 else "espresso"))
+    eventually(lambda: log.written + log.dead_lettered == 30, "30 rows handled", timeout_s=20)
+    log.close()
+    expected = {f"poison-{i}" for i in range(30) if i != 11}
+    assert {i for i in logged_ids(postgres) if i.startswith("poison-")} == expected
+    [(error, refused)] = list(log.dead_letters.entries())
+    assert refused["request_id"] == "poison-11" and "too long" in error
+
+    # The operator's view and replay: still refused (the column is unchanged), so kept.
+    env = {"BENTO_FLEET_DATABASE__URL": postgres.url, "BENTO_FLEET_STATE_DIR": str(tmp_path)}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        from service.settings import get_settings
+
+        get_settings.cache_clear()
+        assert cli(["log", "dead-letters"]) == 0
+        assert cli(["log", "dead-letters", "--replay"]) == 1
+        get_settings.cache_clear()
+    assert [r["request_id"] for _, r in log.dead_letters.entries()] == ["poison-11"]

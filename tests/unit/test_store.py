@@ -1,4 +1,10 @@
-"""The prediction log on SQLite: batched writes, spooling while the database fails, replay."""
+"""The prediction log on SQLite: batched writes, spooling while the database fails, replay;
+the faults it must survive: a row the database refuses, a full disk, memory running out."""
+
+import contextlib
+import os
+import subprocess
+import threading
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -114,6 +120,104 @@ def test_close_spools_what_the_database_did_not_take_and_a_restart_replays_it(
         lambda: restarted.pending == 0, "restarted.pending == 0", timeout_s=10, interval_s=0.05
     )
     assert len(rows(tmp_path / "db/p.db")) == 7
+
+
+def test_a_refused_row_is_dead_lettered_and_never_blocks_the_rows_behind_it(make_log, tmp_path):
+    log = make_log()
+    log.start()
+    poisoned = record(7)
+    poisoned.class_index = None  # NOT NULL: the database refuses it, as PostgreSQL a long label
+    for i in range(20):
+        log.record(poisoned if i == 7 else record(i))
+    eventually(lambda: log.written + log.dead_lettered == 20, "20 rows handled", timeout_s=10)
+    assert sorted(rows(tmp_path / "db/p.db")) == sorted(f"req-{i}" for i in range(20) if i != 7)
+    [(error, row)] = list(log.dead_letters.entries())
+    assert row["request_id"] == "req-7" and "NOT NULL" in error
+    assert log.dead_lettered == 1 and log.written == 19 and log.pending == 0
+    assert oct(log.dead_letters.path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_dead_letter_replay_keeps_only_the_rows_still_refused(tmp_path):
+    from service.store.dead_letters import DeadLetters
+
+    letters = DeadLetters(tmp_path / "dead-letter")
+    for i in range(3):
+        letters.add(record(i).to_row(), "value too long")
+    inserted = []
+
+    def insert(row):
+        if row["request_id"] == "req-1":
+            raise ValueError("still too long")
+        inserted.append(row["request_id"])
+
+    assert letters.replay(insert) == (2, 1)
+    assert inserted == ["req-0", "req-2"]
+    assert [(e, r["request_id"]) for e, r in letters.entries()] == [("still too long", "req-1")]
+    assert list(letters.folder.iterdir()) == [letters.path]
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real file system that is full: a 64 KiB tmpfs (root only, as `make test` runs)."""
+    if os.geteuid() != 0:
+        pytest.fail("this fault test mounts a tmpfs: run the unit tests as root, as CI does")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill(folder):
+    with contextlib.suppress(OSError), (folder / "filler").open("wb") as fh:
+        while True:
+            fh.write(b"x" * 4096)
+            fh.flush()
+
+
+def test_a_full_disk_neither_kills_the_writer_nor_loses_a_row(tmp_path, monkeypatch, full_disk):
+    flaky = FlakyInsert()
+    monkeypatch.setattr(store_log, "insert_ignoring_duplicates", flaky)
+    log = PredictionLog(
+        f"sqlite:///{tmp_path}/p.db",
+        full_disk / "spool",
+        flush_interval_s=0.05,
+        retry_interval_s=0.1,
+    )
+    fill(full_disk)
+    log.start()
+    for i in range(40):
+        log.record(record(i))
+    eventually(lambda: len(log._held) == 40, "40 rows held in memory", timeout_s=10)
+    assert log.spooled == 0 and log.pending == 40
+    assert any(t.name == "prediction-log" for t in threading.enumerate())  # still writing
+    (full_disk / "filler").unlink()  # space again, the database still down: the spool takes them
+    eventually(lambda: log.spooled == 40, "log.spooled == 40", timeout_s=10)
+    flaky.down = False
+    eventually(lambda: log.pending == 0, "log.pending == 0", timeout_s=10)
+    log.close(timeout_s=2)
+    assert sorted(rows(tmp_path / "p.db")) == sorted(f"req-{i}" for i in range(40))
+
+
+def test_memory_is_bounded_and_what_is_dropped_is_counted(tmp_path, monkeypatch, full_disk):
+    monkeypatch.setattr(store_log, "insert_ignoring_duplicates", FlakyInsert())
+    dropped = []
+    log = PredictionLog(
+        f"sqlite:///{tmp_path}/p.db",
+        full_disk / "spool",
+        flush_interval_s=0.05,
+        retry_interval_s=0.1,
+        max_memory_rows=25,
+        on_dropped=dropped.append,
+    )
+    fill(full_disk)
+    log.start()
+    for i in range(60):
+        log.record(record(i))
+    eventually(lambda: log.dropped == 35, "35 rows dropped", timeout_s=10)
+    assert sum(dropped) == 35 and log.pending == 25
+    log.close(timeout_s=2)
+    assert log.dropped == 60  # neither the database nor the spool took the rest: counted too
 
 
 def test_spool_round_trip_keeps_every_field():

@@ -21,6 +21,9 @@ ALERTS = {
     "BentoFleetBackupMissing",
     "BentoFleetCertificateExpiring",
     "BentoFleetDiskNearlyFull",
+    "BentoFleetPredictionLogDropping",
+    "BentoFleetPredictionLogDeadLetters",
+    "BentoFleetPredictionLogBacklog",
 }
 
 

@@ -107,6 +107,10 @@ def decode_image(
             "the upload is not an image in a supported format "
             f"({', '.join(sorted(SUPPORTED_FORMATS - {'MPO'}))})",
         ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # Pillow knew the format but its header parser failed: a JPEG cut inside its markers
+        # ("Truncated File Read"), any cut WebP ("could not create decoder object").
+        raise _undecodable(data, "image", exc) from exc
     if image.format not in SUPPORTED_FORMATS:
         raise ServiceError(
             "unsupported_format",
@@ -132,11 +136,17 @@ def decode_image(
     except ServiceError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        if "truncated" in str(exc) or isinstance(exc, EOFError):
-            raise ServiceError("truncated_image", f"the {info.format} image is truncated") from exc
-        raise ServiceError(
-            "not_an_image", f"the {info.format} image cannot be decoded: {exc}"
-        ) from exc
+        raise _undecodable(data, f"{info.format} image", exc) from exc
+
+
+def _undecodable(data: bytes, what: str, exc: Exception) -> ServiceError:
+    """truncated_image when the file was cut short, else not_an_image with Pillow's reason."""
+    cut_short = "truncat" in str(exc).lower() or isinstance(exc, EOFError)
+    if data[:4] == b"RIFF" and len(data) >= 8:  # WebP states its own length: shorter was cut
+        cut_short = cut_short or int.from_bytes(data[4:8], "little") + 8 > len(data)
+    if cut_short:
+        return ServiceError("truncated_image", f"the {what} is truncated")
+    return ServiceError("not_an_image", f"the {what} cannot be decoded: {exc}")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

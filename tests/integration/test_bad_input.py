@@ -3,7 +3,7 @@
 import httpx
 import pytest
 from PIL import Image
-from support import encode, photo
+from support import PHOTOS, encode, photo
 
 TEN_MB = 10 * 1024 * 1024
 
@@ -22,6 +22,16 @@ CASES = {
     "not an image": ({"files": {"image": ("a.png", b"%PDF-1.4 hello")}}, 400, "not_an_image"),
     "truncated": (
         {"files": {"image": ("a.jpg", photo("rocket.jpg")[:6000])}},
+        400,
+        "truncated_image",
+    ),
+    "truncated webp": (
+        {"files": {"image": ("a.webp", encode(Image.open(PHOTOS / "coffee.png"), "WEBP")[:3000])}},
+        400,
+        "truncated_image",
+    ),
+    "jpeg cut in its header": (
+        {"files": {"image": ("a.jpg", photo("rocket.jpg")[:300])}},
         400,
         "truncated_image",
     ),

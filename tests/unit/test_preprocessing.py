@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from support import encode, photo
+from support import PHOTOS, encode, photo
 
 from service.errors import ServiceError
 from service.serving.model import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD
@@ -132,6 +132,33 @@ def test_truncated_jpeg_and_png():
     assert rejection(jpeg[: len(jpeg) // 3]).code == "truncated_image"
     png = photo("coffee.png")
     assert rejection(png[: len(png) // 2]).code == "truncated_image"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options"),
+    [
+        ("JPEG", {"quality": 90}),
+        ("JPEG", {"progressive": True}),
+        ("PNG", {}),
+        ("WEBP", {}),
+        ("GIF", {}),
+        ("TIFF", {}),
+        ("BMP", {}),
+    ],
+)
+def test_a_file_cut_anywhere_is_refused_with_a_4xx(fmt, options):
+    # Issue 16: a JPEG cut inside its header and any cut WebP raised OSError (a 500).
+    image = Image.open(PHOTOS / "coffee.png").convert("RGB").resize((160, 120))
+    data = encode(image.convert("P") if fmt == "GIF" else image, fmt, **options)
+    codes = {rejection(data[:cut]).code for cut in range(0, len(data), max(1, len(data) // 300))}
+    assert codes <= {"empty_body", "not_an_image", "truncated_image"}
+    assert "truncated_image" in codes
+
+
+def test_a_cut_webp_says_truncated():
+    webp = encode(Image.open(PHOTOS / "coffee.png").convert("RGB"), "WEBP")
+    error = rejection(webp[: len(webp) // 2])
+    assert (error.code, error.status) == ("truncated_image", 400)
 
 
 def test_format_pillow_reads_but_we_do_not_serve():

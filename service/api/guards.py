@@ -7,6 +7,7 @@ validation errors (missing or malformed fields), unknown routes, and anything un
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -79,6 +80,31 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
+# A refused body is read to its end before the answer, up to this size and time, so that a client
+# that sends the whole body before it reads (Python's urllib) gets the answer instead of a
+# connection reset. Before, not after: once the answer is sent, uvicorn hands the app no more of
+# the body. A body beyond these bounds is left unread and the connection closed.
+DISCARD_MAX_BYTES = 64 * 1024 * 1024
+DISCARD_MAX_S = 10.0
+
+
+async def discard_body(receive: Receive, declared: bytes | None) -> None:
+    if declared is not None and (not declared.isdigit() or int(declared) > DISCARD_MAX_BYTES):
+        return
+    discarded = 0
+    try:
+        async with asyncio.timeout(DISCARD_MAX_S):
+            while discarded <= DISCARD_MAX_BYTES:
+                message = await receive()
+                if message["type"] != "http.request":  # the client went away
+                    return
+                discarded += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+    except TimeoutError:
+        return
+
+
 class RequestGuard:
     """ASGI middleware that refuses what must not reach the parser, before reading the body.
 
@@ -87,6 +113,9 @@ class RequestGuard:
       (pipeline.admit); the route handler finds the choice in `request.state.variant`;
     - a declared or streamed body over the limit: 413, without buffering the rest;
     - an empty body: 400 empty_body.
+
+    A refusal made here reads the refused body to its end and drops it (`discard_body`) before
+    it answers, unless the client asked `Expect: 100-continue`.
     """
 
     def __init__(
@@ -127,6 +156,8 @@ class RequestGuard:
                         f"request body is {int(declared)} bytes; the limit is {limit}",
                     )
         except ServiceError as error:
+            if b"expect" not in headers:  # `Expect: 100-continue` clients read the answer first
+                await discard_body(receive, declared)
             await rejected(error)(scope, receive, send)
             return
 

@@ -1,5 +1,9 @@
 """Every kind of bad input gets its JSON error and status, and the server keeps serving."""
 
+import json
+import urllib.error
+import urllib.request
+
 import httpx
 import pytest
 from PIL import Image
@@ -99,6 +103,43 @@ def test_streamed_body_over_the_limit_is_cut_off(service):
         service, content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=b"}
     )
     assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
+
+
+def urllib_post(url: str, body: bytes, headers: dict) -> tuple[int, dict]:
+    """urllib sends the whole body before it reads the answer (curl and httpx stop early)."""
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def test_an_oversized_upload_gets_its_413_even_from_a_client_that_sends_it_all(service):
+    # Issue 16: answered before the body was read, urllib got a connection reset instead.
+    body = b"0" * (TEN_MB + 512 * 1024)
+    status, answer = urllib_post(
+        service.url + "/classify", body, {"Content-Type": "multipart/form-data; boundary=b"}
+    )
+    assert (status, answer["error"]["code"]) == (413, "payload_too_large")
+
+
+def test_a_streamed_oversized_upload_gets_its_413_from_a_client_that_sends_it_all(service):
+    def chunks():
+        yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        for _ in range(12):
+            yield b"0" * (1024 * 1024)
+
+    request = urllib.request.Request(
+        service.url + "/classify",
+        data=chunks(),
+        headers={"Content-Type": "multipart/form-data; boundary=b", "Transfer-Encoding": "chunked"},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=60)
+    assert caught.value.code == 413
+    assert json.load(caught.value)["error"]["code"] == "payload_too_large"
 
 
 def test_too_many_images_in_a_batch(service):

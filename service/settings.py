@@ -86,6 +86,12 @@ class BatchingSettings(BaseModel):
 class LimitSettings(BaseModel):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(40_000_000, ge=1, description="Width x height of one image")
+    max_pixels_high_depth: int = Field(
+        10_000_000,
+        ge=1,
+        description="Width x height of an image with more than 8 bits per sample (16-bit PNG or "
+        "TIFF, 32-bit TIFF): such a pixel costs several times an 8-bit one to decode",
+    )
     max_batch_images: int = Field(64, ge=1, le=1024)
     max_top_k: int = Field(20, ge=1)
     default_top_k: int = Field(5, ge=1)

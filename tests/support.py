@@ -11,11 +11,13 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import httpx
@@ -35,6 +37,25 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **options)
     return buffer.getvalue()
+
+
+def png16(width: int, height: int, color_type: int = 2) -> bytes:
+    """A 16-bit PNG (RGB, or gray with color_type 0) of zeros: small on the wire at any size.
+
+    Pillow writes no 16-bit RGB PNG, so the chunks are built here."""
+    channels = 3 if color_type == 2 else 1
+    row = b"\0" * (1 + width * channels * 2)  # filter byte + the samples
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
 
 
 def jpeg_of(name: str, size: tuple[int, int] | None = None, quality: int = 90) -> bytes:

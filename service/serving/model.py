@@ -116,6 +116,7 @@ class Classifier:
             mean=cfg.mean or (LITE_MEAN if is_lite else IMAGENET_MEAN),
             std=cfg.std or (LITE_STD if is_lite else IMAGENET_STD),
             max_pixels=settings.limits.max_pixels,
+            max_pixels_high_depth=settings.limits.max_pixels_high_depth,
         )
         started = time.perf_counter()
         module = build_module(cfg.architecture, self.weights_path, len(self.labels))

@@ -7,7 +7,7 @@ import urllib.request
 import httpx
 import pytest
 from PIL import Image
-from support import PHOTOS, encode, photo
+from support import PHOTOS, encode, photo, png16
 
 TEN_MB = 10 * 1024 * 1024
 
@@ -38,6 +38,11 @@ CASES = {
         {"files": {"image": ("a.jpg", photo("rocket.jpg")[:300])}},
         400,
         "truncated_image",
+    ),
+    "a 16-bit PNG of 40 MP (89 KB)": (
+        {"files": {"image": ("a.png", png16(6000, 6666, color_type=0))}},
+        413,
+        "too_many_pixels",
     ),
     "unsupported format": (
         {"files": {"image": ("a.ico", encode(Image.new("RGB", (16, 16)), "ICO"))}},

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from support import PHOTOS, encode, photo
+from support import PHOTOS, encode, photo, png16
 
 from service.errors import ServiceError
 from service.serving.model import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD
@@ -159,6 +159,18 @@ def test_a_cut_webp_says_truncated():
     webp = encode(Image.open(PHOTOS / "coffee.png").convert("RGB"), "WEBP")
     error = rejection(webp[: len(webp) // 2])
     assert (error.code, error.status) == ("truncated_image", 400)
+
+
+@pytest.mark.parametrize("color_type", [2, 0], ids=["rgb48", "gray16"])
+def test_high_depth_images_have_their_own_pixel_cap(color_type):
+    data = png16(64, 48, color_type)
+    image, info = decode_image(data, MAX_PIXELS, None, max_pixels_high_depth=64 * 48)
+    assert (image.mode, info.width) == ("RGB", 64)  # at the cap: served, as 8-bit RGB
+    with pytest.raises(ServiceError) as caught:
+        decode_image(data, MAX_PIXELS, None, max_pixels_high_depth=64 * 48 - 1)
+    assert caught.value.code == "too_many_pixels" and "more than 8 bits" in caught.value.message
+    eight_bit = encode(Image.new("RGB", (64, 48)), "PNG")  # the same size at 8 bits: no cap
+    assert decode_image(eight_bit, MAX_PIXELS, None, max_pixels_high_depth=1)[1].width == 64
 
 
 def test_format_pillow_reads_but_we_do_not_serve():

@@ -9,6 +9,11 @@ The queue is bounded twice: by count (max_queue_size images waiting or running) 
 (the expected wait, from a running estimate of the per-image cost, must stay within
 max_latency_ms). Beyond either bound a request is refused at once with 503 and Retry-After, so
 overload never turns into hangs or timeouts, and every admitted request is answered.
+
+A request's images count from the moment it is admitted, not from the moment their tensors
+arrive: `reserve` holds their places while they decode (decoding a large batch takes longer
+than the model does), and `submit(..., reserved=True)` turns the places into queue entries
+without asking again, so a request admitted before its decode is never refused after it.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -68,6 +74,7 @@ class AdaptiveBatcher:
         self._on_batch = on_batch
         self._queue: deque[_Job] = deque()
         self._running = 0  # images in the batch on the model right now
+        self._reserved = 0  # images admitted and still decoding
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         # One thread owns the model: batches run one after another, never interleaved.
@@ -76,7 +83,17 @@ class AdaptiveBatcher:
 
     @property
     def pending(self) -> int:
-        return len(self._queue) + self._running
+        return len(self._queue) + self._running + self._reserved
+
+    @contextmanager
+    def reserve(self, count: int) -> Iterator[None]:
+        """Admit `count` images (or raise 503) and count them while the caller decodes them."""
+        self.check_admission(count)
+        self._reserved += count
+        try:
+            yield
+        finally:
+            self._reserved -= count
 
     def calibrate(self, seconds_per_image: float) -> None:
         """Seed the cost estimate (from warm-up) so admission is right from the first request."""
@@ -99,9 +116,13 @@ class AdaptiveBatcher:
                 retry_after=retry_after,
             )
 
-    async def submit(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Queue images for inference and wait for their probability rows, in order."""
-        self.check_admission(len(tensors))
+    async def submit(
+        self, tensors: list[torch.Tensor], reserved: bool = False
+    ) -> list[torch.Tensor]:
+        """Queue images for inference and wait for their probability rows, in order; admitted
+        here unless `reserved` (their places were held by `reserve` until now)."""
+        if not reserved:
+            self.check_admission(len(tensors))
         self._ensure_worker()
         loop = asyncio.get_running_loop()
         jobs = [_Job(tensor, loop.create_future()) for tensor in tensors]

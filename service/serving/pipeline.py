@@ -105,10 +105,13 @@ class ClassificationPipeline:
         """The variant that will answer a request of `images` images (`chosen`, else routed by
         the client key), once the service is ready and that variant's queue has room for them;
         else the 503 that says why."""
-        self.require_ready()
-        variant = self.variants[chosen] if chosen else self.variants.serving(client_key)
+        variant = self._route(client_key, chosen)
         variant.batcher.check_admission(images)
         return variant
+
+    def _route(self, client_key: str | None, chosen: str | None) -> Variant:
+        self.require_ready()
+        return self.variants[chosen] if chosen else self.variants.serving(client_key)
 
     async def classify(
         self,
@@ -121,13 +124,14 @@ class ClassificationPipeline:
     ) -> tuple[Variant, list[dict]]:
         """The serving variant that answered and its results, in input order. `variant_name`
         is the one the request guard admitted, if any (see admit)."""
-        variant = self.admit(len(images), client_key, chosen=variant_name)
+        variant = self._route(client_key, variant_name)
         shadows = self.variants.shadows_for_request()
-        decoded = await self.decoder.decode(
-            images, [v.classifier.preprocessor for v in (variant, *shadows)]
-        )
+        with variant.batcher.reserve(len(images)):  # the images count while they decode
+            decoded = await self.decoder.decode(
+                images, [v.classifier.preprocessor for v in (variant, *shadows)]
+            )
         infos = [info for info, _ in decoded]
-        rows = await variant.batcher.submit([tensors[0] for _, tensors in decoded])
+        rows = await variant.batcher.submit([tensors[0] for _, tensors in decoded], reserved=True)
         latency_ms = (time.perf_counter() - started) * 1000.0
         self.recent.remember(request_id, variant.name, len(images))
         self.observer.request(variant, len(images), latency_ms)

@@ -101,7 +101,9 @@ def test_health_metrics_and_openapi(service):
         "bento_fleet_prediction_confidence_bucket",
         'bento_fleet_predictions_total{label="espresso",role="serve",variant="main"}',
         "bento_fleet_rejected_inputs_total",
-        "bento_fleet_queue_capacity 48.0",
+        "bento_fleet_queue_capacity 64.0",  # the default batching.max_queue_size
+        "bento_fleet_prediction_log_dropped_total 0.0",
+        "bento_fleet_prediction_log_dead_letters_total 0.0",
         'bentoml_service_request_total{endpoint="/classify"',
     ):
         assert name in metrics, name

@@ -94,6 +94,25 @@ def test_full_queue_refuses_at_once_with_retry_after():
     assert len(answers) == 4  # every admitted request is still answered
 
 
+def test_images_still_decoding_count_against_the_queue():
+    # Issue 16: before, a request's images counted only once decoded, so a burst of heavy
+    # uploads was admitted in full while the decode threads were still busy with it.
+    async def scenario():
+        batcher = make(RecordingModel(0.01), max_queue_size=8)
+        with batcher.reserve(6):
+            assert batcher.pending == 6
+            with pytest.raises(ServiceError) as caught:
+                batcher.check_admission(3)
+        assert batcher.pending == 0  # released even if the decode fails
+        with batcher.reserve(8):
+            pass  # decoded: submit turns the places into queue entries without a second check
+        rows = await batcher.submit(items(8), reserved=True)
+        return caught.value, rows
+
+    error, rows = asyncio.run(scenario())
+    assert error.code == "overloaded" and len(rows) == 8
+
+
 def test_expected_wait_beyond_max_latency_is_refused():
     async def scenario():
         batcher = make(RecordingModel(0.3), max_latency_ms=100)

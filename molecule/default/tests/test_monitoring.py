@@ -17,6 +17,7 @@ ALERTS = {
     "BentoFleetInputDrift",
     "BentoFleetAccuracyLow",
     "BentoFleetExporterDown",
+    "BentoFleetPostgresDown",
     "BentoFleetBackupTooOld",
     "BentoFleetBackupMissing",
     "BentoFleetCertificateExpiring",

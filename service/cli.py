@@ -105,7 +105,7 @@ def ab_report_command(args, settings) -> int:
 
 def dead_letters_command(args, settings) -> int:
     """List the rows the database refused (and why); with --replay, insert them again."""
-    letters = DeadLetters(settings.spool_dir / "dead-letter")
+    letters = DeadLetters(settings.spool_dir)
     if args.replay:
         engine = _engine(settings)
         written, refused = letters.replay(

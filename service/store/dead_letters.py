@@ -18,8 +18,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 
 class DeadLetters:
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
+    def __init__(self, spool_dir: Path):
+        self.folder = Path(spool_dir) / "dead-letter"
         self.path = self.folder / "dead-letter.jsonl"
 
     def add(self, row: dict, error: str) -> None:

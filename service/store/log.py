@@ -117,7 +117,7 @@ class PredictionLog:
         self.max_memory_rows = max_memory_rows
         self._queue: queue.SimpleQueue[PredictionRecord] = queue.SimpleQueue()
         self._held: list[PredictionRecord] = []  # kept back after the spool failed (ENOSPC)
-        self.dead_letters = DeadLetters(self.spool_dir / "dead-letter")
+        self.dead_letters = DeadLetters(self.spool_dir)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._migrated = False
@@ -260,13 +260,10 @@ class PredictionLog:
             return True
         except (DataError, IntegrityError) as exc:  # the database answered: it refuses rows
             if len(batch) == 1:
-                self.dead_letters.add(batch[0].to_row(), error_message(exc))
+                reason = error_message(exc)
+                self.dead_letters.add(batch[0].to_row(), reason)
                 self.dead_lettered += 1
-                log.error(
-                    "prediction log: row %s refused, dead-lettered: %s",
-                    batch[0].id,
-                    error_message(exc),
-                )
+                log.error("prediction log: row %s refused, dead-lettered: %s", batch[0].id, reason)
                 if self._on_dead_letter:
                     self._on_dead_letter(1)
                 return True
@@ -300,7 +297,7 @@ class PredictionLog:
             if not self._spool_failing:
                 log.error("prediction log: spool write failed, holding rows in memory: %s", exc)
             self._spool_failing = True
-            self._held = batch + self._held
+            self._held = batch  # _flush put what was held before at its front
             if len(self._held) > self.max_memory_rows:  # oldest rows go first
                 excess = len(self._held) - self.max_memory_rows
                 self._held = self._held[excess:]

@@ -140,7 +140,7 @@ def test_a_refused_row_is_dead_lettered_and_never_blocks_the_rows_behind_it(make
 def test_a_dead_letter_replay_keeps_only_the_rows_still_refused(tmp_path):
     from service.store.dead_letters import DeadLetters
 
-    letters = DeadLetters(tmp_path / "dead-letter")
+    letters = DeadLetters(tmp_path)
     for i in range(3):
         letters.add(record(i).to_row(), "value too long")
     inserted = []

@@ -52,7 +52,21 @@ def test_forced_check_mode_on_debians_own_branch_with_a_version_pin():
     )
     assert result.returncode == 0, output[-2000:]
     assert "packages: nvidia-driver=535.247.01-1~deb12u1 nvidia-smi nvidia-persistenced" in output
-    assert "repository: Debian archive" in output
+    # The mirror is the one the instance's own apt sources use for bookworm (no role names one).
+    mirror = app.check_output(
+        "awk '$1 == \"deb\" && $3 == \"bookworm\" {print $2; exit}' /etc/apt/sources.list"
+    )
+    assert mirror.startswith("http")
+    assert f"repository: Debian archive at {mirror.rstrip('/')}" in output
+    assert_host_untouched()
+
+
+def test_a_host_whose_apt_sources_serve_no_release_is_told_to_name_a_mirror():
+    result, output = forced_check(
+        nvidia_driver_branch=535, ansible_distribution_release="trixie-not-configured"
+    )
+    assert result.returncode != 0
+    assert "set nvidia_driver_debian_mirror" in " ".join(output.split())
     assert_host_untouched()
 
 

@@ -135,7 +135,7 @@ class Classifier:
         """Run the sizes we will serve once, so the first client does not pay for lazy init."""
         size = self.preprocessor.input_size
         for batch_size in batch_sizes:
-            self.infer(torch.zeros(batch_size, 3, size, size))
+            self.infer(torch.zeros(batch_size, 3, size, size, dtype=torch.uint8))
         self.ready = True
 
     def profile_batch_sizes(self, sizes: list[int], rounds: int = 3) -> dict[int, float]:
@@ -147,7 +147,7 @@ class Classifier:
         size = self.preprocessor.input_size
         profile = {}
         for batch_size in sorted(set(sizes)):
-            batch = torch.zeros(batch_size, 3, size, size)
+            batch = torch.zeros(batch_size, 3, size, size, dtype=torch.uint8)
             self.infer(batch)  # the first run of a shape pays for lazy initialisation
             timings = []
             for _ in range(rounds):
@@ -177,13 +177,15 @@ class Classifier:
         return tuple(sorted({self.run_size(size) for size in range(1, largest + 1)}))
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
-        """N x 3 x H x W normalised float32 -> N x classes probabilities (float32, CPU)."""
+        """N x 3 x H x W uint8 pixels (Preprocessor.to_tensor) -> N x classes probabilities
+        (float32, CPU). The pixels cross to the device as bytes and are normalised there."""
         count = len(batch)
         padding = self.run_size(count) - count
         if padding:
             batch = torch.cat([batch, batch.new_zeros(padding, *batch.shape[1:])])
         with torch.inference_mode():
-            x = batch.to(self.device, self.dtype, non_blocking=True).contiguous(
+            pixels = batch.to(self.device, non_blocking=True)
+            x = self.preprocessor.normalize(pixels, self.dtype).contiguous(
                 memory_format=self.memory_format
             )
             probabilities = self.module(x)[:count].float().softmax(dim=-1).cpu()

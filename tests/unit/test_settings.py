@@ -88,12 +88,31 @@ def test_other_architectures_need_their_weights(monkeypatch):
         Settings()
 
 
-def test_a_queue_smaller_than_the_largest_batch_is_refused(monkeypatch):
-    monkeypatch.setenv("BENTO_FLEET_BATCHING__MAX_QUEUE_SIZE", "48")
-    with pytest.raises(ValidationError, match=r"max_batch_images \(64\) exceeds .*max_queue_size"):
+@pytest.mark.parametrize(
+    ("variable", "value", "message", "remedy"),
+    [
+        (  # the centre crop is taken from the resized image
+            "MODEL__RESIZE_SIZE",
+            "200",
+            r"resize_size \(200\) must be at least .*input_size",
+            "MODEL__INPUT_SIZE",
+        ),
+        (  # a batch the queue can never admit
+            "BATCHING__MAX_QUEUE_SIZE",
+            "48",
+            r"max_batch_images \(64\) exceeds .*max_queue_size",
+            "LIMITS__MAX_BATCH_IMAGES",
+        ),
+    ],
+)
+def test_settings_that_cannot_work_together_are_refused(
+    monkeypatch, variable, value, message, remedy
+):
+    monkeypatch.setenv(f"BENTO_FLEET_{variable}", value)
+    with pytest.raises(ValidationError, match=message):
         Settings()
-    monkeypatch.setenv("BENTO_FLEET_LIMITS__MAX_BATCH_IMAGES", "48")
-    assert Settings().limits.max_batch_images == 48
+    monkeypatch.setenv(f"BENTO_FLEET_{remedy}", str(int(value) - 8))  # the other one lowered
+    Settings()
 
 
 def test_the_defaults_admit_the_largest_batch():

@@ -3,11 +3,16 @@
 Each image is decoded once and turned into one tensor per model that will see it (the serving
 variant first, then each shadow mirroring the request), since their preprocessing may differ.
 Pillow releases the GIL while it decodes, so two threads keep the event loop free.
+
+The pixel statistics that drift detection compares are computed for a random share of the
+images (drift.statistics_share): a drift test needs a sample, not every image, and they cost
+more CPU than decoding a small photo.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,8 +26,9 @@ Decoded = tuple[DecodedInfo, list[torch.Tensor]]  # one tensor per preprocessor,
 
 
 class DecodePool:
-    def __init__(self, threads: int = 2):
+    def __init__(self, threads: int = 2, statistics_share: float = 1.0):
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        self.statistics_share = statistics_share
 
     async def decode(self, images: list[bytes], preprocessors: list[Preprocessor]) -> list[Decoded]:
         """Every image, in input order; the first bad one raises its client error, naming its
@@ -44,10 +50,10 @@ class DecodePool:
                 raise item
         return decoded
 
-    @staticmethod
-    def _decode_one(data: bytes, preprocessors: list[Preprocessor]) -> Decoded:
+    def _decode_one(self, data: bytes, preprocessors: list[Preprocessor]) -> Decoded:
         started = time.perf_counter()
-        image, info = preprocessors[0].decode(data)
+        statistics = self.statistics_share >= 1 or random.random() < self.statistics_share
+        image, info = preprocessors[0].decode(data, statistics)
         tensors = [preprocessor.to_tensor(image) for preprocessor in preprocessors]
         metrics.PREPROCESS_SECONDS.observe(time.perf_counter() - started)
         return info, tensors

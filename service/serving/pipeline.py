@@ -53,7 +53,7 @@ class ClassificationPipeline:
         )
         self.observer = Observer(self.prediction_log, lambda: self.variants.queued_images)
         self.recent = RecentRequests()
-        self.decoder = DecodePool(threads=2)
+        self.decoder = DecodePool(threads=2, statistics_share=settings.drift.statistics_share)
         self._shadow_tasks: set[asyncio.Task] = set()
         metrics.QUEUE_CAPACITY.set(settings.batching.max_queue_size)
 

@@ -31,3 +31,28 @@ def test_statistics_follow_brightness_saturation_and_blur():
     assert blurred.sharpness < base.sharpness * 0.5
     assert abs(blurred.brightness - base.brightness) < 0.01
     assert image_statistics(Image.new("RGB", (1, 1))).sharpness == 0.0
+
+
+def test_statistics_are_computed_for_the_configured_share_of_images():
+    import asyncio
+
+    from support import encode
+
+    from service.serving.decoding import DecodePool
+    from service.serving.model import LITE_MEAN, LITE_STD
+    from service.serving.preprocessing import Preprocessor
+
+    data = [encode(Image.new("RGB", (32, 24), (i, 100, 200)), "PNG") for i in range(400)]
+    preprocessor = Preprocessor(32, 32, LITE_MEAN, LITE_STD, 40_000_000)
+
+    def with_statistics(share: float) -> int:
+        pool = DecodePool(threads=2, statistics_share=share)
+        try:
+            decoded = asyncio.run(pool.decode(data, [preprocessor]))
+        finally:
+            pool.close()
+        assert len(decoded) == len(data)  # every image is answered either way
+        return sum(info.stats is not None for info, _ in decoded)
+
+    assert with_statistics(1.0) == 400
+    assert 60 <= with_statistics(0.25) <= 140  # 100 expected; the bounds are 4.6 sigma

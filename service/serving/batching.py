@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ServiceError
+from . import thread_names
+from .thread_names import name_this_thread
 
 
 def choose_batch_cap(seconds_per_image: dict[int, float], tolerance: float = 0.10) -> int:
@@ -78,7 +80,12 @@ class AdaptiveBatcher:
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         # One thread owns the model: batches run one after another, never interleaved.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="inference",
+            initializer=name_this_thread,
+            initargs=(thread_names.INFERENCE,),
+        )
         self.seconds_per_image: float | None = None  # running estimate, for admission
 
     @property

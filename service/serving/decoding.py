@@ -20,14 +20,21 @@ import torch
 
 from .. import metrics
 from ..errors import ServiceError
+from . import thread_names
 from .preprocessing import DecodedInfo, Preprocessor
+from .thread_names import name_this_thread
 
 Decoded = tuple[DecodedInfo, list[torch.Tensor]]  # one tensor per preprocessor, in order
 
 
 class DecodePool:
     def __init__(self, threads: int = 2, statistics_share: float = 1.0):
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads,
+            thread_name_prefix="decode",
+            initializer=name_this_thread,
+            initargs=(thread_names.DECODE,),
+        )
         self.statistics_share = statistics_share
 
     async def decode(self, images: list[bytes], preprocessors: list[Preprocessor]) -> list[Decoded]:

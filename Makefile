@@ -15,7 +15,7 @@ MOLECULE_SCENARIOS ?= default
 export BENTO_FLEET_WHEELHOUSE ?= /var/cache/bento-fleet/molecule/wheelhouse
 
 .PHONY: venv serve build test check test-deps lint unit integration test-gpu molecule-host molecule \
-	molecule-bare bench clean
+	molecule-bare bench bench-profile clean
 
 # The venv is rebuilt only when the pinned requirements change.
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
@@ -86,6 +86,10 @@ test:
 
 bench: venv
 	$(BIN)/python bench/benchmark.py
+
+# Where the server's CPU goes under 16 clients (py-spy; root or ptrace rights).
+bench-profile: venv
+	$(BIN)/python bench/benchmark.py --profile 20
 
 clean:
 	rm -rf var bench/results .pytest_cache .ruff_cache

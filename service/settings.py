@@ -208,6 +208,11 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto: float16 on CUDA, float32 on CPU"
     )
+    compile: Literal["none", "inductor", "cudagraphs"] = Field(
+        "none",
+        description="none: eager PyTorch; inductor: torch.compile (fused kernels, needs a C "
+        "compiler on the host); cudagraphs: torch.compile with CUDA graphs (CUDA only)",
+    )
     batching: BatchingSettings = BatchingSettings()
     limits: LimitSettings = LimitSettings()
     database: DatabaseSettings = DatabaseSettings()

@@ -63,6 +63,17 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
     return getattr(torch, requested)
 
 
+def compile_module(module: torch.nn.Module, how: str, device: torch.device) -> torch.nn.Module:
+    """torch.compile for the shapes the service warms (dynamic=False: every batch size that
+    can run is padded to a warmed one, see Classifier.run_size)."""
+    if how == "none":
+        return module
+    if how == "cudagraphs" and device.type != "cuda":
+        raise RuntimeError("compile=cudagraphs needs a CUDA device; use inductor or none on CPU")
+    mode = "reduce-overhead" if how == "cudagraphs" else "default"
+    return torch.compile(module, mode=mode, dynamic=False)
+
+
 def build_module(architecture: str, weights: Path, num_classes: int) -> torch.nn.Module:
     if architecture == DEFAULT_ARCHITECTURE:
         from efficientnet_lite_pytorch import EfficientNet
@@ -126,6 +137,8 @@ class Classifier:
             torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
         )
         self.module = module.to(self.device, self.dtype, memory_format=self.memory_format)
+        self.compiled = settings.compile
+        self.module = compile_module(self.module, self.compiled, self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.load_seconds = time.perf_counter() - started
@@ -157,22 +170,28 @@ class Classifier:
             profile[batch_size] = sorted(timings)[len(timings) // 2]
         return profile
 
+    @property
+    def fixed_shapes(self) -> bool:
+        """Whether each input shape is tuned or compiled once, so that only a few may run."""
+        return self.device.type == "cuda" or self.compiled != "none"
+
     def run_size(self, batch_size: int) -> int:
         """The batch size a batch of `batch_size` images really runs at.
 
-        On CUDA, the next power of two: cuDNN's autotuner (benchmark mode) tunes once per input
-        shape, for a second or more, and adaptive batching forms every size from 1 to the cap;
-        without a few fixed shapes, warmed at start-up, clients would pay for the tuning. The
-        padding costs the GPU little. On the CPU there is no tuning, and padding would cost.
+        On CUDA, or compiled, the next power of two: cuDNN's autotuner (benchmark mode) tunes
+        once per input shape, for a second or more, and torch.compile compiles once per shape,
+        for many seconds; adaptive batching forms every size from 1 to the cap, so without a few
+        fixed shapes, warmed at start-up, clients would pay for the tuning. The padding costs
+        the GPU little. On the CPU in eager mode there is no tuning, and padding would cost.
         """
-        if self.device.type != "cuda":
+        if not self.fixed_shapes:
             return batch_size
         return 1 << (batch_size - 1).bit_length()
 
     def sizes_to_warm(self, largest: int) -> tuple[int, ...]:
-        """Every shape a batch of up to `largest` images may run at; on the CPU, where shapes
-        need no tuning, one pass pays for the lazy initialisation."""
-        if self.device.type != "cuda":
+        """Every shape a batch of up to `largest` images may run at; on the CPU in eager mode,
+        where shapes need no tuning, one pass pays for the lazy initialisation."""
+        if not self.fixed_shapes:
             return (1,)
         return tuple(sorted({self.run_size(size) for size in range(1, largest + 1)}))
 
@@ -217,6 +236,7 @@ class Classifier:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "channels_last": self.memory_format == torch.channels_last,
+            "compile": self.compiled,
             "parameters": self.parameters,
             "input_size": [3, self.preprocessor.input_size, self.preprocessor.input_size],
             "preprocessing": {

@@ -91,3 +91,34 @@ def test_cuda_requested_without_a_gpu_is_a_clear_error():
         pytest.skip("this host has a GPU: the CPU-only refusal cannot be observed")
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         Classifier(Settings(device="cuda"))
+
+
+def test_cuda_graphs_without_a_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this host has a GPU: the CPU-only refusal cannot be observed")
+    with pytest.raises(RuntimeError, match="compile=cudagraphs needs a CUDA device"):
+        Classifier(Settings(device="cpu", compile="cudagraphs"))
+
+
+def test_a_compiled_model_answers_as_the_eager_one_on_padded_shapes(tmp_path):
+    weights = tmp_path / "resnet18.pt"
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), weights)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nbird\n")
+    model = {
+        "architecture": "resnet18",
+        "weights_path": weights,
+        "labels_path": labels,
+        "input_size": 64,
+        "resize_size": 72,
+    }
+    eager = Classifier(Settings(device="cpu", model=model))
+    compiled = Classifier(Settings(device="cpu", model=model, compile="inductor"))
+    # Each shape compiles once, for seconds: batches are padded to a few shapes, warmed at start.
+    assert [compiled.run_size(n) for n in (1, 3, 5, 17)] == [1, 4, 8, 32]
+    assert compiled.sizes_to_warm(8) == (1, 2, 4, 8)
+    assert compiled.card()["compile"] == "inductor" and eager.card()["compile"] == "none"
+    pixels = torch.stack([eager.preprocessor(photo(n))[0] for n in ("coffee.png", "rocket.jpg")])
+    expected, actual = eager.infer(pixels), compiled.infer(pixels)  # runs as a batch of 2
+    assert actual.shape == (2, 3)
+    assert torch.allclose(actual, expected, atol=1e-4)

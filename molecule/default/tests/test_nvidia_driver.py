@@ -54,7 +54,7 @@ def test_forced_check_mode_on_debians_own_branch_with_a_version_pin():
     assert "packages: nvidia-driver=535.247.01-1~deb12u1 nvidia-smi nvidia-persistenced" in output
     # The mirror is the one the instance's own apt sources use for bookworm (no role names one).
     mirror = app.check_output(
-        "awk '$1 == \"deb\" && $3 == \"bookworm\" {print $2; exit}' /etc/apt/sources.list"
+        'awk \'$1 == "deb" && $3 == "bookworm" {print $2; exit}\' /etc/apt/sources.list'
     )
     assert mirror.startswith("http")
     assert f"repository: Debian archive at {mirror.rstrip('/')}" in output

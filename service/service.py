@@ -75,6 +75,12 @@ def check_top_k(top_k: int) -> int:
 )
 @bentoml.asgi_app(app, path="/")
 class ImageClassifier:
+    """The worker's lifecycle: load the models, answer readiness, flush the log on shutdown.
+
+    The routes are plain functions of the app below, not methods: BentoML hands a method its
+    `self` through a synchronous FastAPI dependency, which costs every request a round trip
+    through a worker thread. They reach the pipeline through `app.state`."""
+
     def __init__(self) -> None:
         self.pipeline = ClassificationPipeline(settings)
         app.state.pipeline = self.pipeline
@@ -82,6 +88,7 @@ class ImageClassifier:
         self.ops = ModelOps(
             settings, self.pipeline.database, ready=lambda: self.pipeline.prediction_log.migrated
         )
+        app.state.ops = self.ops
         self.ops.start()
 
     def __is_ready__(self) -> bool:
@@ -92,62 +99,66 @@ class ImageClassifier:
         self.ops.stop()
         await self.pipeline.close()
 
-    @app.post("/classify", summary="Classify one image")
-    async def classify(
-        self, request: Request, response: Response, image: ImageFile, top_k: TopK = 5
-    ) -> dict:
-        started, request_id = time.perf_counter(), request_id_of(request)
-        data = await read_upload(image, "image")
-        variant, (result,) = await self.pipeline.classify(
-            [data], check_top_k(top_k), request_id, started, **self._routing(request)
+
+@app.post("/classify", summary="Classify one image")
+async def classify(request: Request, response: Response, image: ImageFile, top_k: TopK = 5) -> dict:
+    started, request_id = time.perf_counter(), request_id_of(request)
+    data = await read_upload(image, "image")
+    variant, (result,) = await app.state.pipeline.classify(
+        [data], check_top_k(top_k), request_id, started, **routing(request)
+    )
+    response.headers["X-Request-ID"] = request_id
+    return {**result, **model_fields(variant), "request_id": request_id}
+
+
+@app.post("/classify_batch", summary="Classify several images; results in input order")
+async def classify_batch(
+    request: Request, response: Response, images: list[ImageFile], top_k: TopK = 5
+) -> dict:
+    started, request_id = time.perf_counter(), request_id_of(request)
+    if len(images) > limits.max_batch_images:
+        raise ServiceError(
+            "too_many_images",
+            f"{len(images)} images sent; the limit is {limits.max_batch_images} per request",
         )
-        response.headers["X-Request-ID"] = request_id
-        return {**result, **self._model_fields(variant), "request_id": request_id}
+    data = [await read_upload(image, f"images[{i}]") for i, image in enumerate(images)]
+    variant, results = await app.state.pipeline.classify(
+        data, check_top_k(top_k), request_id, started, **routing(request)
+    )
+    response.headers["X-Request-ID"] = request_id
+    return {"results": results, **model_fields(variant), "request_id": request_id}
 
-    @app.post("/classify_batch", summary="Classify several images; results in input order")
-    async def classify_batch(
-        self, request: Request, response: Response, images: list[ImageFile], top_k: TopK = 5
-    ) -> dict:
-        started, request_id = time.perf_counter(), request_id_of(request)
-        if len(images) > limits.max_batch_images:
-            raise ServiceError(
-                "too_many_images",
-                f"{len(images)} images sent; the limit is {limits.max_batch_images} per request",
-            )
-        data = [await read_upload(image, f"images[{i}]") for i, image in enumerate(images)]
-        variant, results = await self.pipeline.classify(
-            data, check_top_k(top_k), request_id, started, **self._routing(request)
-        )
-        response.headers["X-Request-ID"] = request_id
-        return {"results": results, **self._model_fields(variant), "request_id": request_id}
 
-    @app.get("/model", summary="Model card: architecture, weights, device, batching")
-    async def model(self) -> dict:
-        return self.pipeline.model_card()
+@app.get("/model", summary="Model card: architecture, weights, device, batching")
+async def model() -> dict:
+    return app.state.pipeline.model_card()
 
-    @app.post("/feedback", summary="The true label of an image answered earlier")
-    async def feedback(self, given: FeedbackIn) -> dict:
-        answer = await record_feedback(self.pipeline, given)
-        self.ops.labels_changed()
-        return answer
 
-    @app.get("/stats", summary="This worker's live numbers, accuracy and drift verdicts")
-    async def stats(self) -> dict:
-        summary = await asyncio.to_thread(self.ops.summary)
-        return {**LIVE.snapshot(), **summary, "ready": self.pipeline.ready}
+@app.post("/feedback", summary="The true label of an image answered earlier")
+async def feedback(given: FeedbackIn) -> dict:
+    answer = await record_feedback(app.state.pipeline, given)
+    app.state.ops.labels_changed()
+    return answer
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def web_page(self) -> HTMLResponse:
-        return HTMLResponse(WEB_PAGE)
 
-    @staticmethod
-    def _routing(request: Request) -> dict:
-        """The variant the request guard admitted, and the client key it was chosen by."""
-        return {
-            "client_key": request.headers.get(settings.experiment.client_key_header) or None,
-            "variant_name": getattr(request.state, "variant", None),
-        }
+@app.get("/stats", summary="This worker's live numbers, accuracy and drift verdicts")
+async def stats() -> dict:
+    summary = await asyncio.to_thread(app.state.ops.summary)
+    return {**LIVE.snapshot(), **summary, "ready": app.state.pipeline.ready}
 
-    @staticmethod
-    def _model_fields(variant) -> dict:
-        return {"model": variant.classifier.card_summary(), "variant": variant.name}
+
+@app.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def web_page() -> HTMLResponse:
+    return HTMLResponse(WEB_PAGE)
+
+
+def routing(request: Request) -> dict:
+    """The variant the request guard admitted, and the client key it was chosen by."""
+    return {
+        "client_key": request.headers.get(settings.experiment.client_key_header) or None,
+        "variant_name": getattr(request.state, "variant", None),
+    }
+
+
+def model_fields(variant) -> dict:
+    return {"model": variant.classifier.card_summary(), "variant": variant.name}

@@ -7,8 +7,10 @@
    forward pass -> top-5) at batch sizes 1..32: its best throughput, its single-image latency,
    and the CPU the forward pass alone costs per image (process CPU time over a loop of it).
 2. The service under `bentoml serve` on loopback, closed-loop clients uploading real 320x240
-   JPEGs at each concurrency, adaptive batching on and off (two servers, both up for the whole
-   run). Clients honour Retry-After on 503 (capped at 1 s), as a well-behaved client would.
+   JPEGs at each concurrency, in three configurations, each its own server up for the whole
+   run: the defaults (eager PyTorch, adaptive batching), batching off, and `compile: inductor`
+   (torch.compile; its ceiling is measured compiled too). Clients honour Retry-After on 503
+   (capped at 1 s), as a well-behaved client would.
    Each level runs `--rounds` times, interleaved (round 1 of every level and mode, then round
    2, ...), so a slow minute of a shared machine spreads over all of them instead of sinking
    one; the table gives medians with their spread, the JSON every run.
@@ -76,13 +78,13 @@ def cpu_seconds() -> float:
 
 
 # -- 1. the model alone -----------------------------------------------------------------
-def measure_ceiling(images: list[bytes], seconds: float) -> dict:
+def measure_ceiling(images: list[bytes], seconds: float, compile_mode: str) -> dict:
     import torch
 
     from service.serving.model import Classifier
     from service.settings import Settings
 
-    classifier = Classifier(Settings())
+    classifier = Classifier(Settings(compile=compile_mode))
     classifier.warm_up(classifier.sizes_to_warm(max(CEILING_BATCH_SIZES)))
 
     def run(batch_size: int) -> tuple[float, list[float]]:
@@ -194,14 +196,19 @@ async def closed_loop(url: str, images: list[bytes], concurrency: int, seconds: 
 class Server:
     """One `bentoml serve` for the whole run, and what it costs."""
 
-    def __init__(self, batching: bool):
-        self.batching = batching
-        env = {"BENTO_FLEET_BATCHING__ENABLED": "true" if batching else "false"}
+    def __init__(self, batching: bool = True, compile_mode: str = "none"):
+        self.batching, self.compile = batching, compile_mode
+        self.name = f"{compile_mode}, batching {'on' if batching else 'off'}"
+        env = {
+            "BENTO_FLEET_BATCHING__ENABLED": "true" if batching else "false",
+            "BENTO_FLEET_COMPILE": compile_mode,
+        }
         state = Path(tempfile.mkdtemp(prefix="bento-fleet-bench-"))
         self.process = ServiceProcess(state, env)
 
     def start(self) -> Server:
-        self.process.start()
+        # A compiled model compiles every batch shape before it is ready: minutes, cold.
+        self.process.start(timeout_s=900)
         asyncio.run(closed_loop(self.process.url, uploads(), 4, 3))  # warm the HTTP path
         return self
 
@@ -269,7 +276,9 @@ def measure(server: Server, images: list[bytes], concurrency: int, seconds: floa
     sum_after, count_after = server.batch_totals()
     batches, images_run = count_after - count_before, sum_after - sum_before
     result.update(
+        server=server.name,
         batching=server.batching,
+        compile=server.compile,
         mean_batch_size=images_run / batches if batches else 0.0,
         server_cpu_s=server_cpu,
         forward_cpu_s=forward_cpu,
@@ -288,21 +297,22 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def summarise(ceiling: dict, runs: list[dict]) -> list[dict]:
-    """One row per (batching, level): medians over the rounds, with their spread."""
-    groups: dict[tuple[bool, int], list[dict]] = collections.defaultdict(list)
+def summarise(runs: list[dict]) -> list[dict]:
+    """One row per (server, level): medians over the rounds, with their spread."""
+    groups: dict[tuple[str, int], list[dict]] = collections.defaultdict(list)
     for run in runs:
-        groups[(run["batching"], run["concurrency"])].append(run)
+        groups[(run["server"], run["concurrency"])].append(run)
     rows = []
-    order = sorted(groups, key=lambda key: (not key[0], key[1]))  # batching on first
-    for batching, concurrency in order:
-        group = groups[(batching, concurrency)]
+    for name, concurrency in groups:  # in the order they first ran
+        group = groups[(name, concurrency)]
         statuses: collections.Counter[str] = collections.Counter()
         for run in group:
             statuses.update(run["statuses"])
         rows.append(
             {
-                "batching": batching,
+                "server": name,
+                "batching": group[0]["batching"],
+                "compile": group[0]["compile"],
                 "concurrency": concurrency,
                 "rounds": len(group),
                 "req_per_s": spread([r["req_per_s"] for r in group]),
@@ -321,23 +331,23 @@ def summarise(ceiling: dict, runs: list[dict]) -> list[dict]:
     return rows
 
 
-def table(ceiling: dict, rows: list[dict]) -> str:
+def table(ceilings: dict, rows: list[dict]) -> str:
     def cell(value: dict, fmt: str = ".0f") -> str:
         if value["median"] is None:
             return "-"
         return f"{value['median']:{fmt}} ({value['min']:{fmt}}-{value['max']:{fmt}})"
 
     lines = [
-        "| batching | clients | req/s | vs. ceiling | p50 ms | p99 ms | p99/p50 | mean batch "
+        "| server | clients | req/s | vs. ceiling | p50 ms | p99 ms | p99/p50 | mean batch "
         "| stack CPU ms/img | load gen. cores | responses | timeouts |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
-        ratio = r["req_per_s"]["median"] / ceiling["ceiling_img_per_s"]
+        ratio = r["req_per_s"]["median"] / ceilings[r["compile"]]["ceiling_img_per_s"]
         stall = r["p99_ms"]["median"] / r["p50_ms"]["median"] if r["p50_ms"]["median"] else 0
         lines.append(
-            f"| {'on' if r['batching'] else 'off'} | {r['concurrency']} "
+            f"| {r['server']} | {r['concurrency']} "
             f"| {cell(r['req_per_s'], '.1f')} | {ratio:.0%} | {cell(r['p50_ms'])} "
             f"| {cell(r['p99_ms'])} | {stall:.1f} | {r['mean_batch_size']['median']:.2f} "
             f"| {cell(r['stack_cpu_ms_per_image'], '.1f')} "
@@ -346,9 +356,9 @@ def table(ceiling: dict, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def verdicts(ceiling: dict, rows: list[dict]) -> dict:
-    """The throughput issue's CPU targets, judged on the medians."""
-    on = {r["concurrency"]: r for r in rows if r["batching"]}
+def verdicts(ceiling: dict, rows: list[dict], server: str) -> dict:
+    """The throughput issue's CPU targets for one server configuration, judged on medians."""
+    on = {r["concurrency"]: r for r in rows if r["server"] == server}
     result = {}
     if 1 in on:
         budget = 1.25 * ceiling["single_image_p50_ms"] + 10
@@ -403,7 +413,7 @@ def profile(images: list[bytes], seconds: float, concurrency: int) -> None:
     summary of where the CPU went (waits left out)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     raw = RESULTS / "profile-raw.txt"
-    server = Server(batching=True).start()
+    server = Server().start()
     try:
         spy = subprocess.Popen(
             [
@@ -416,6 +426,7 @@ def profile(images: list[bytes], seconds: float, concurrency: int) -> None:
                 "--rate",
                 "100",
                 "--threads",
+                "--nonblocking",  # pausing the worker at each sample would slow what it measures
                 "--format",
                 "raw",
                 "--output",
@@ -477,6 +488,9 @@ def main() -> None:
         "--profile", type=float, metavar="SECONDS", help="profile the server instead (py-spy)"
     )
     parser.add_argument("--profile-clients", type=int, default=16)
+    parser.add_argument(
+        "--compile", default="none,inductor", help="compile settings to serve, batching on"
+    )
     parser.add_argument("--ceiling-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--output", default=str(RESULTS / "benchmark.json"))
     args = parser.parse_args()
@@ -484,25 +498,34 @@ def main() -> None:
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     images = uploads()
 
+    compile_modes = args.compile.split(",")
     if args.ceiling_only:
-        print(json.dumps(measure_ceiling(images, seconds=args.duration)))
+        print(json.dumps(measure_ceiling(images, args.duration, compile_modes[0])))
         return
     if args.profile:
         profile(images, args.profile, args.profile_clients)
         return
-    print("ceiling: the model alone, in-process, same preprocessing", flush=True)
-    # In a process of its own: torch's thread pool left in this one would slow the clients.
-    ceiling_run = subprocess.run(
-        [sys.executable, __file__, "--ceiling-only", "--duration", str(min(args.duration, 8))],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    print(ceiling_run.stderr, end="", flush=True)
-    ceiling = json.loads(ceiling_run.stdout.strip().splitlines()[-1])
+    ceilings = {}
+    for mode in compile_modes:
+        print(f"ceiling: the model alone, in-process, same preprocessing, compile {mode}")
+        # In a process of its own: torch's thread pool left in this one would slow the clients.
+        ceiling_run = subprocess.run(
+            [
+                *(sys.executable, __file__, "--ceiling-only", "--compile", mode),
+                *("--duration", str(min(args.duration, 8))),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        print(ceiling_run.stderr[-2000:], end="", flush=True)
+        ceilings[mode] = json.loads(ceiling_run.stdout.strip().splitlines()[-1])
 
     print("served: bentoml serve on loopback, closed-loop clients", flush=True)
-    servers = [Server(batching=True).start(), Server(batching=False).start()]
+    servers = [Server(compile_mode=compile_modes[0]), Server(batching=False)]
+    servers += [Server(compile_mode=mode) for mode in compile_modes[1:]]
+    for server in servers:
+        server.start()
     runs = []
     try:
         for round_number in range(1, args.rounds + 1):
@@ -512,7 +535,7 @@ def main() -> None:
                     result["round"] = round_number
                     runs.append(result)
                     print(
-                        f"  round {round_number} batching {'on ' if server.batching else 'off'} "
+                        f"  round {round_number} {server.name:>22}"
                         f"c={concurrency:>2}: {result['req_per_s']:6.2f} req/s p50 "
                         f"{result['p50_ms']:6.0f} ms p99 {result['p99_ms']:6.0f} ms batch "
                         f"{result['mean_batch_size']:5.2f} server "
@@ -524,31 +547,37 @@ def main() -> None:
         for server in servers:
             server.stop()
 
-    rows = summarise(ceiling, runs)
+    rows = summarise(runs)
     report = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "date": time.strftime("%Y-%m-%d"),
         "duration_per_run_s": args.duration,
         "rounds": args.rounds,
         "upload": "320x240 JPEG, quality 90",
-        "ceiling": ceiling,
+        "ceilings": ceilings,
         "summary": rows,
         "runs": runs,
-        "targets": verdicts(ceiling, rows),
+        "targets": {
+            server.name: verdicts(ceilings[server.compile], rows, server.name)
+            for server in servers
+            if server.batching
+        },
     }
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2))
     print()
-    print(
-        f"ceiling (model alone, batch {ceiling['best_batch_size']}): "
-        f"{ceiling['ceiling_img_per_s']:.2f} img/s; single image p50 "
-        f"{ceiling['single_image_p50_ms']:.1f} ms on {ceiling['device']}; preprocessing "
-        f"{ceiling['preprocess_cpu_ms_per_image']:.2f} CPU ms/img"
-    )
-    print(table(ceiling, rows))
+    for mode, ceiling in ceilings.items():
+        print(
+            f"ceiling, compile {mode} (model alone, batch {ceiling['best_batch_size']}): "
+            f"{ceiling['ceiling_img_per_s']:.2f} img/s; single image p50 "
+            f"{ceiling['single_image_p50_ms']:.1f} ms on {ceiling['device']}; preprocessing "
+            f"{ceiling['preprocess_cpu_ms_per_image']:.2f} CPU ms/img"
+        )
+    print(table(ceilings, rows))
     print()
-    print("targets:", json.dumps(report["targets"]))
+    for name, targets in report["targets"].items():
+        print(f"targets ({name}):", json.dumps(targets))
     print(f"wrote {output}")
 
 

@@ -17,7 +17,7 @@ preload_inference_lean=""
 preload_databases="postgresql-15 postgresql-client python3-psycopg2 acl"
 preload_databases_lean="prometheus-postgres-exporter"
 preload_monitoring=""
-preload_monitoring_lean="prometheus"
+preload_monitoring_lean="prometheus prometheus-alertmanager"
 # fleet-acme, the outside world: pebble and the client tools of molecule/shared/acme.yml and prepare.
 preload_acme="pebble python3-cryptography curl openssl netcat-openbsd openssh-client postgresql-client"
 preload_acme_lean=""

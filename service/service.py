@@ -7,19 +7,17 @@ the routes below are a FastAPI app mounted on it, so that uploads are parsed, li
 answered exactly as documented. The work is in the packages beside this file: api/ (request
 guards, error mapping, feedback), serving/ (the request path: decoding, variants, batching,
 the model), modelops/ (drift, A/B, reports, the periodic jobs) and store/ (the database);
-settings, errors and metrics are shared by all; web/index.html is the page at /.
+settings, errors and metrics are shared by all; web/ is the page at /.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Annotated
 
 import bentoml
 from fastapi import FastAPI, File, Form, Request, Response, UploadFile
-from fastapi.responses import HTMLResponse
 
 from .api.feedback import FeedbackIn, record_feedback
 from .api.guards import MULTIPART_OVERHEAD, RequestGuard, install_error_handlers, request_id_of
@@ -28,12 +26,14 @@ from .modelops.jobs import ModelOps
 from .serving.live_stats import LIVE
 from .serving.pipeline import ClassificationPipeline
 from .settings import get_settings
+from .web import router as web_page
 
 settings = get_settings()
 limits = settings.limits
 
 app = FastAPI(title="bento-fleet image classifier", version="1")
 install_error_handlers(app)
+app.include_router(web_page)
 app.add_middleware(
     RequestGuard,
     pipeline_getter=lambda: app.state.pipeline,
@@ -44,7 +44,6 @@ app.add_middleware(
     },
 )
 
-WEB_PAGE = (Path(__file__).parent / "web" / "index.html").read_text()
 ImageFile = Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF, BMP or TIFF")]
 TopK = Annotated[int, Form(description=f"How many classes to return, 1-{limits.max_top_k}")]
 
@@ -145,11 +144,6 @@ async def feedback(given: FeedbackIn) -> dict:
 async def stats() -> dict:
     summary = await asyncio.to_thread(app.state.ops.summary)
     return {**LIVE.snapshot(), **summary, "ready": app.state.pipeline.ready}
-
-
-@app.get("/", response_class=HTMLResponse, include_in_schema=False)
-async def web_page() -> HTMLResponse:
-    return HTMLResponse(WEB_PAGE)
 
 
 def routing(request: Request) -> dict:

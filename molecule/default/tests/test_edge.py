@@ -1,13 +1,21 @@
 """The edge as a client meets it: a real certificate from the ACME server, HTTPS only, modern
-TLS, rate limiting with JSON answers, JSON errors when no inference host answers, and nothing
-but 80/443 (and SSH) open to the world."""
+TLS, the public API and the page and nothing else, the page working in a real browser under its
+strict policy, rate limiting with JSON answers, JSON for every error Nginx answers itself, and
+nothing but 80/443 (and SSH) open to the world."""
 
+import json
 import re
 import shlex
+import shutil
 
 import pytest
-from fleet import apps, classify, gateway, http_get, monitor, wait_for
+from fleet import REPO, address, apps, classify, gateway, gateway_url, http_get, monitor, wait_for
 from fleet import outsider as client
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service as ChromeService
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ready
+from selenium.webdriver.support.ui import WebDriverWait
 
 ROOT = "/tmp/pebble-root.pem"
 
@@ -32,14 +40,13 @@ def served_certificate(field: str) -> str:
 
 
 def test_https_answers_with_the_certificate_issued_by_the_acme_server(acme_root):
-    body = curl(f"--cacert {acme_root} https://fleet-gw/model")
-    assert '"architecture":"efficientnet_lite0"' in body.replace(" ", "")
+    assert "bento-fleet image classifier" in curl(f"--cacert {acme_root} https://fleet-gw/")
     assert "Pebble" in served_certificate("issuer")
 
 
 def test_http_redirects_to_https_except_acme_challenges():
-    assert curl("-o /dev/null -w '%{http_code} %{redirect_url}' http://fleet-gw/model") == (
-        "301 https://fleet-gw/model"
+    assert curl("-o /dev/null -w '%{http_code} %{redirect_url}' http://fleet-gw/readyz") == (
+        "301 https://fleet-gw/readyz"
     )
     challenge = curl("-o /dev/null -w '%{http_code}' http://fleet-gw/.well-known/acme-challenge/x")
     assert challenge == "404"  # served from the webroot, not redirected
@@ -58,11 +65,75 @@ def test_only_tls_1_2_and_1_3_are_accepted(version, accepted):
     assert (result.rc == 0) is accepted, result.stderr[-500:]
 
 
+def headers_of(acme_root, path: str, *args: str) -> list[str]:
+    out = curl(f"--cacert {acme_root} -D - -o /dev/null {' '.join(args)} https://fleet-gw{path}")
+    return out.lower().splitlines()
+
+
 def test_security_headers(acme_root):
-    headers = curl(f"--cacert {acme_root} -D - -o /dev/null https://fleet-gw/model").lower()
+    headers = headers_of(acme_root, "/readyz")
     assert "strict-transport-security: max-age=63072000; includesubdomains" in headers
     assert "x-content-type-options: nosniff" in headers
     assert "x-frame-options: deny" in headers
+    assert "server: nginx" in headers  # and no version
+    # The JSON API allows nothing; the page brings its own policy, passed through alone.
+    assert "content-security-policy: default-src 'none'; frame-ancestors 'none'" in headers
+    page_policies = [h for h in headers_of(acme_root, "/") if h.startswith("content-security")]
+    assert len(page_policies) == 1 and "script-src 'self'" in page_policies[0]
+    assert "unsafe-inline" not in page_policies[0]
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/stats", "/model", "/docs", "/docs.json", "/x"])
+def test_only_the_public_api_and_the_page_pass_the_gateway(acme_root, path):
+    status, body = curl(
+        f"--cacert {acme_root} -w '\n%{{http_code}}' https://fleet-gw{path}"
+    ).rsplit("\n", 1)
+    assert status == "404"
+    assert json.loads(body)["error"]["code"] == "not_found"
+
+
+def test_the_monitoring_host_still_reads_the_services_metrics():
+    metrics = http_get(monitor, f"http://{address('fleet-app1')}:3000/metrics")
+    assert "bento_fleet_queue_capacity" in metrics
+
+
+def test_an_upload_over_the_gateways_limit_gets_a_json_413(acme_root):
+    client.check_output("head -c 12000000 /dev/zero > /tmp/12MB.png")
+    status, body = curl(
+        f"--cacert {acme_root} -w '\n%{{http_code}}' -F image=@/tmp/12MB.png "
+        "https://fleet-gw/classify"
+    ).rsplit("\n", 1)
+    assert status == "413"
+    assert json.loads(body)["error"]["code"] == "payload_too_large"
+
+
+def test_the_page_works_in_a_browser_through_the_gateway():
+    """Chromium on this machine, through the gateway's TLS: the page's script and style load
+    under its policy, a photo is classified, and /stats (not public) leaves the page working."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.add_argument("--ignore-certificate-errors")  # pebble's CA, checked above by curl
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(service=ChromeService(shutil.which("chromedriver")), options=options)
+    try:
+        browser.get(gateway_url("/"))
+        browser.find_element(By.ID, "file").send_keys(str(REPO / "playbooks/files/smoke.jpg"))
+        WebDriverWait(browser, 60).until(
+            ready.text_to_be_present_in_element((By.ID, "result-label"), "espresso")
+        )
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#top5 .row")) == 5
+        assert browser.find_element(By.ID, "model-name").text.startswith("efficientnet_lite0")
+        WebDriverWait(browser, 30).until(
+            lambda b: b.find_element(By.ID, "stats-section").get_attribute("hidden") is not None
+        )
+        violations = [
+            e["message"] for e in browser.get_log("browser") if "Content Security" in e["message"]
+        ]
+        assert violations == []
+    finally:
+        browser.quit()
 
 
 def test_rate_limit_answers_429_with_a_json_body(acme_root):

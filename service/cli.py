@@ -5,6 +5,7 @@
     bento-fleet drift check [--fail-on-drift]                   # run the drift job once
     bento-fleet drift report [--html drift.html]                # check, table + HTML with plots
     bento-fleet ab report [--control NAME] [--since-hours H] [--html ab.html] [--json ab.json]
+    bento-fleet keys new NAME                                   # an API key and its settings entry
 
 Settings come from the same place as the service's (BENTO_FLEET_CONFIG, BENTO_FLEET_* env),
 so on a host provisioned by the bento_service role it reads the same database.
@@ -17,7 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from .settings import get_settings
+from .api.auth import key_digest, new_key
+from .settings import ApiKey, get_settings
 from .store.db import make_engine, migrate
 from .store.dead_letters import DeadLetters
 from .store.log import PredictionRecord, insert_ignoring_duplicates
@@ -121,6 +123,23 @@ def dead_letters_command(args, settings) -> int:
     return 0
 
 
+def new_key_command(args, _settings) -> int:
+    """A fresh API key for the caller, and the entry of auth.api_keys that lets it in: only the
+    digest goes into settings; the key is shown once, here."""
+    key = new_key()
+    entry = {"name": args.name, "sha256": key_digest(key)}
+    try:
+        ApiKey(**entry)  # the name must be one settings accept
+    except ValueError:
+        print(
+            f"{args.name!r}: a key's name is letters, digits, _ . @ - (64 at most)", file=sys.stderr
+        )
+        return 2
+    print(f"key (give it to {args.name}; it is not stored anywhere): {key}")
+    print(f"auth.api_keys entry: {json.dumps(entry)}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="bento-fleet", description=__doc__.split("\n\n")[0])
     groups = root.add_subparsers(dest="group", required=True)
@@ -161,11 +180,20 @@ def parser() -> argparse.ArgumentParser:
         "--replay", action="store_true", help="insert them again; exit 1 if any is still refused"
     )
     dead_letters.set_defaults(run=dead_letters_command)
+
+    keys = groups.add_parser("keys", help="API keys for POST /feedback").add_subparsers(
+        dest="command", required=True
+    )
+    new = keys.add_parser("new", help="a new key, and its entry for auth.api_keys")
+    new.add_argument("name", help="who holds it (letters, digits, _ . @ -)")
+    new.set_defaults(run=new_key_command, needs_settings=False)
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if not getattr(args, "needs_settings", True):
+        return args.run(args, None)
     return args.run(args, get_settings())
 
 

@@ -19,6 +19,8 @@ ERROR_STATUS: dict[str, int] = {
     "unsupported_format": 415,
     "payload_too_large": 413,
     "too_many_pixels": 413,
+    "unauthorized": 401,  # with WWW-Authenticate: no API key sent
+    "forbidden": 403,  # a key that is not one of auth.api_keys, or none configured
     "not_found": 404,
     "unknown_request": 404,
     "invalid_label": 422,
@@ -44,6 +46,14 @@ class ServiceError(Exception):
         self.retry_after = retry_after
 
     @property
+    def headers(self) -> dict[str, str] | None:
+        if self.retry_after:
+            return {"Retry-After": str(self.retry_after)}
+        if self.code == "unauthorized":
+            return {"WWW-Authenticate": 'Bearer realm="bento-fleet"'}
+        return None
+
+    @property
     def status(self) -> int:
         return ERROR_STATUS[self.code]
 
@@ -53,8 +63,7 @@ def error_body(code: str, message: str) -> dict:
 
 
 def error_response(error: ServiceError) -> JSONResponse:
-    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
-    return JSONResponse(error_body(error.code, error.message), error.status, headers=headers)
+    return JSONResponse(error_body(error.code, error.message), error.status, headers=error.headers)
 
 
 def code_for_status(status: int) -> str:

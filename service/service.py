@@ -19,6 +19,7 @@ from typing import Annotated
 import bentoml
 from fastapi import FastAPI, File, Form, Request, Response, UploadFile
 
+from .api.auth import caller
 from .api.feedback import FeedbackIn, record_feedback
 from .api.guards import MULTIPART_OVERHEAD, RequestGuard, install_error_handlers, request_id_of
 from .errors import ServiceError
@@ -133,9 +134,13 @@ async def model() -> dict:
     return app.state.pipeline.model_card()
 
 
-@app.post("/feedback", summary="The true label of an image answered earlier")
-async def feedback(given: FeedbackIn) -> dict:
-    answer = await record_feedback(app.state.pipeline, given)
+@app.post(
+    "/feedback",
+    summary="The true label of an image answered earlier (needs an API key: Authorization: Bearer)",
+)
+async def feedback(given: FeedbackIn, request: Request) -> dict:
+    sender = caller(request, settings.auth.api_keys, "POST /feedback")
+    answer = await record_feedback(app.state.pipeline, given, sender)
     app.state.ops.labels_changed()
     return answer
 

@@ -146,6 +146,30 @@ class VariantSettings(BaseModel):
     )
 
 
+class ApiKey(BaseModel):
+    """A caller allowed to change state (POST /feedback). Only the key's SHA-256 is stored:
+    keys are random tokens of 32 bytes or more, so a plain hash cannot be reversed, and these
+    settings (and the unit's env file) never hold a usable key. `bento-fleet keys new` makes one."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$", description="Who holds it")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the key, hex")
+
+
+class AuthSettings(BaseModel):
+    api_keys: list[ApiKey] = Field(
+        [], description="Keys that may send feedback; none: POST /feedback is refused (403)"
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> AuthSettings:
+        names = [key.name for key in self.api_keys]
+        if len(set(names)) != len(names):
+            raise ValueError(f"auth.api_keys: names must be unique, got {names}")
+        if len({key.sha256 for key in self.api_keys}) != len(self.api_keys):
+            raise ValueError("auth.api_keys: two entries carry the same key")
+        return self
+
+
 class ExperimentSettings(BaseModel):
     client_key_header: str = Field(
         "X-Client-Key",
@@ -223,6 +247,7 @@ class Settings(BaseSettings):
         default_factory=list,
         description="A/B variants and shadow candidates; empty serves `model` as variant main",
     )
+    auth: AuthSettings = AuthSettings()
     experiment: ExperimentSettings = ExperimentSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     drift: DriftSettings = DriftSettings()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -27,6 +29,10 @@ from sqlalchemy import Engine, create_engine
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = Path(skimage.__file__).parent / "data"
+# The API key every test service accepts for POST /feedback (auth.api_keys), by this name.
+API_KEY_NAME = "tests"
+API_KEY = "bfk_tests-only-key-not-a-secret-0123456789abcdefghij"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def photo(name: str) -> bytes:
@@ -129,6 +135,9 @@ class ServiceProcess:
             "BENTOML_DO_NOT_TRACK": "True",
             "BENTOML_HOME": str(state_dir / "bentoml"),
             "BENTO_FLEET_STATE_DIR": str(state_dir),
+            "BENTO_FLEET_AUTH__API_KEYS": json.dumps(
+                [{"name": API_KEY_NAME, "sha256": hashlib.sha256(API_KEY.encode()).hexdigest()}]
+            ),
             **(env or {}),
         }
         self.log_path = state_dir / "serve.log"

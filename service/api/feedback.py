@@ -61,7 +61,7 @@ async def served_request(pipeline: ClassificationPipeline, request_id: str, wait
         await asyncio.sleep(0.25)
 
 
-async def record_feedback(pipeline: ClassificationPipeline, given: FeedbackIn) -> dict:
+async def record_feedback(pipeline: ClassificationPipeline, given: FeedbackIn, sender: str) -> dict:
     pipeline.require_ready()
     try:
         served = await served_request(
@@ -86,6 +86,7 @@ async def record_feedback(pipeline: ClassificationPipeline, given: FeedbackIn) -
             given.index,
             class_index,
             label,
+            sender,
         )
     except SQLAlchemyError as exc:
         raise ServiceError(
@@ -100,4 +101,5 @@ async def record_feedback(pipeline: ClassificationPipeline, given: FeedbackIn) -
         "label": label,
         "class_index": class_index,
         "variant": served.variant,
+        "labelled_by": sender,
     }

@@ -52,20 +52,27 @@ def find_request(engine: Engine, request_id: str) -> ServedRequest | None:
 
 
 def save_feedback(
-    engine: Engine, request_id: str, item_index: int, class_index: int, label: str
+    engine: Engine,
+    request_id: str,
+    item_index: int,
+    class_index: int,
+    label: str,
+    labelled_by: str | None = None,
 ) -> None:
-    """Insert, or replace an earlier answer for the same image: the latest label wins."""
+    """Insert, or replace an earlier answer for the same image: the latest label wins, and
+    records who sent it (the API key's name)."""
     row = {
         "created_at": datetime.now(UTC),
         "request_id": request_id,
         "item_index": item_index,
         "class_index": class_index,
         "label": label,
+        "labelled_by": labelled_by,
     }
     statement = dialect_insert(engine)(Feedback).values(**row)
     statement = statement.on_conflict_do_update(
         index_elements=["request_id", "item_index"],
-        set_={"created_at": row["created_at"], "class_index": class_index, "label": label},
+        set_={key: row[key] for key in ("created_at", "class_index", "label", "labelled_by")},
     )
     with engine.begin() as connection:
         connection.execute(statement)

@@ -62,6 +62,8 @@ class Feedback(Base):
     item_index: Mapped[int] = mapped_column(Integer)
     class_index: Mapped[int] = mapped_column(Integer)
     label: Mapped[str] = mapped_column(String(256))
+    # Revision 0004: the name of the API key that sent it (auth.api_keys); NULL before 0004.
+    labelled_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ReferenceProfile(Base):

@@ -1,11 +1,13 @@
 """POST /feedback and GET /stats on the real service: true labels in, accuracy out."""
 
 import httpx
-from support import accuracy_of, jpeg_of, metric, photo
+import pytest
+from sqlalchemy import text
+from support import API_KEY, API_KEY_NAME, AUTH, accuracy_of, jpeg_of, metric, photo, prediction_log
 
 
-def post_feedback(service, **body):
-    return httpx.post(service.url + "/feedback", json=body, timeout=30)
+def post_feedback(service, headers=AUTH, **body):
+    return httpx.post(service.url + "/feedback", json=body, headers=headers, timeout=30)
 
 
 def classify_coffee(service, request_id):
@@ -32,6 +34,7 @@ def test_feedback_is_stored_and_scored_per_variant(service):
         "label": "espresso",
         "class_index": 967,
         "variant": "main",
+        "labelled_by": API_KEY_NAME,
     }
     assert post_feedback(service, request_id="fb-top5", label="cup").status_code == 200
     assert post_feedback(service, request_id="fb-wrong", class_index=1).status_code == 200
@@ -89,6 +92,40 @@ def test_bad_feedback_gets_a_clear_4xx(service):
         assert answer.status_code == status, (body, answer.text)
         error = answer.json()["error"]
         assert error["code"] == code and mentioned in error["message"], (body, error)
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({}, 401, "unauthorized"),
+        ({"Authorization": f"Basic {API_KEY}"}, 401, "unauthorized"),
+        ({"Authorization": "Bearer bfk_a-guess"}, 403, "forbidden"),
+        ({"Authorization": f"Bearer {API_KEY}x"}, 403, "forbidden"),
+    ],
+)
+def test_feedback_without_the_right_key_is_refused_and_stores_nothing(
+    service, headers, status, code
+):
+    classify_coffee(service, "fb-auth")
+    answer = post_feedback(service, headers=headers, request_id="fb-auth", label="cup")
+    assert answer.status_code == status, answer.text
+    assert answer.json()["error"]["code"] == code
+    assert ("www-authenticate" in answer.headers) is (status == 401)
+    with prediction_log(service.state_dir).connect() as connection:
+        stored = connection.execute(
+            text("SELECT count(*) FROM feedback WHERE request_id = 'fb-auth'")
+        )
+        assert stored.scalar() == 0
+
+
+def test_each_label_records_the_key_that_sent_it(service):
+    classify_coffee(service, "fb-sender")
+    assert post_feedback(service, request_id="fb-sender", label="espresso").status_code == 200
+    with prediction_log(service.state_dir).connect() as connection:
+        sender = connection.execute(
+            text("SELECT labelled_by FROM feedback WHERE request_id = 'fb-sender'")
+        )
+        assert sender.scalar() == API_KEY_NAME
 
 
 def test_stats_reports_requests_latency_batches_and_uptime(service):

@@ -70,7 +70,7 @@ def test_workers_migrating_a_fresh_database_at_once_all_succeed(fresh_database):
     finally:
         for engine in workers:
             engine.dispose()
-    assert schema_versions(fresh_database) == [("0003",)]
+    assert schema_versions(fresh_database) == [("0004",)]
 
 
 def test_alembic_upgrade_head_migrates_the_database_in_the_settings(fresh_database):
@@ -80,4 +80,4 @@ def test_alembic_upgrade_head_migrates_the_database_in_the_settings(fresh_databa
         [alembic, "upgrade", "head"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
     assert run.returncode == 0, run.stderr
-    assert schema_versions(fresh_database) == [("0003",)]
+    assert schema_versions(fresh_database) == [("0004",)]

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from sqlalchemy import text
-from support import ServiceProcess, accuracy_of, eventually, metric, photo, prediction_log
+from support import AUTH, ServiceProcess, accuracy_of, eventually, metric, photo, prediction_log
 
 from service.serving.model import default_weights_path
 
@@ -124,6 +124,7 @@ def test_feedback_scores_the_shadow_on_the_same_images(ab_service):
         answer = httpx.post(
             ab_service.url + "/feedback",
             json={"request_id": f"ab-fb-{i}", "label": "espresso"},
+            headers=AUTH,
             timeout=30,
         )
         assert answer.status_code == 200, answer.text

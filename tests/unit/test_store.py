@@ -14,6 +14,7 @@ from support import eventually
 import service.store.db as store_db
 import service.store.log as store_log
 from service.store import PredictionLog, PredictionRecord
+from service.store.labels import save_feedback
 
 
 def record(i: int) -> PredictionRecord:
@@ -61,7 +62,7 @@ def test_records_are_migrated_and_written(make_log, tmp_path):
     eventually(lambda: log.written == 25, "log.written == 25", timeout_s=10, interval_s=0.05)
     assert sorted(rows(tmp_path / "db/p.db")) == sorted(f"req-{i}" for i in range(25))
     with create_engine(f"sqlite:///{tmp_path}/db/p.db").connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
 
 
 class FlakyInsert:
@@ -225,8 +226,8 @@ def test_spool_round_trip_keeps_every_field():
     assert PredictionRecord.from_json(original.to_json()) == original
 
 
-def test_a_0001_log_upgrades_in_place_keeping_its_rows(tmp_path):
-    """Hosts already logging keep their history: 0002 adds columns with defaults, 0003 a table."""
+def log_at_revision(tmp_path, revision: str, *rows: str):
+    """A SQLite log migrated only as far as `revision`, holding these rows (INSERTs)."""
     from alembic import command
     from alembic.config import Config
 
@@ -235,14 +236,20 @@ def test_a_0001_log_upgrades_in_place_keeping_its_rows(tmp_path):
     config.set_main_option("script_location", str(store_db.MIGRATIONS))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "0001")
-    with engine.begin() as connection:
-        connection.execute(
-            text(
-                "INSERT INTO predictions VALUES ('a', '2026-01-01', 'r1', 'm', '1', 3, 'x', 0.9,"
-                " 10.0, 64, 48, 500)"
-            )
-        )
+        command.upgrade(config, revision)
+        for row in rows:
+            connection.execute(text(row))
+    return engine
+
+
+def test_a_0001_log_upgrades_in_place_keeping_its_rows(tmp_path):
+    """Hosts already logging keep their history: 0002 adds columns with defaults, 0003 a table."""
+    engine = log_at_revision(
+        tmp_path,
+        "0001",
+        "INSERT INTO predictions VALUES ('a', '2026-01-01', 'r1', 'm', '1', 3, 'x', 0.9,"
+        " 10.0, 64, 48, 500)",
+    )
     store_db.migrate(engine)
     with engine.connect() as connection:
         row = connection.execute(
@@ -251,3 +258,20 @@ def test_a_0001_log_upgrades_in_place_keeping_its_rows(tmp_path):
         tables = {r[0] for r in connection.execute(text("SELECT name FROM sqlite_master"))}
     assert tuple(row) == ("r1", "main", "serve", 0, None)
     assert {"feedback", "reference_profiles", "drift_results", "job_leases"} <= tables
+
+
+def test_a_0003_log_keeps_its_feedback_and_gains_its_sender(tmp_path):
+    """0004 adds feedback.labelled_by: labels sent before it stay, with no sender."""
+    engine = log_at_revision(
+        tmp_path,
+        "0003",
+        "INSERT INTO feedback (created_at, request_id, item_index, class_index, label)"
+        " VALUES ('2026-01-01', 'r1', 0, 3, 'x')",
+    )
+    store_db.migrate(engine)
+    save_feedback(engine, "r2", 0, 4, "y", labelled_by="labeler")
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT request_id, label, labelled_by FROM feedback ORDER BY request_id")
+        ).all()
+    assert [tuple(r) for r in rows] == [("r1", "x", None), ("r2", "y", "labeler")]

@@ -8,9 +8,14 @@ from pathlib import Path
 
 import httpx
 import testinfra
+import yaml
 
 REPO = Path(__file__).resolve().parents[3]
 SMOKE_IMAGE = (REPO / "playbooks/files/smoke.jpg").read_bytes()
+# The labeler's API key, as the scenario's inventory gives it to the inference hosts.
+LABELER = yaml.safe_load((REPO / "molecule/default/molecule.yml").read_text())["provisioner"][
+    "inventory"
+]["group_vars"]["inference"]["bento_service_api_keys"][0]
 
 gateway = testinfra.get_host("podman://fleet-gw")
 apps = [testinfra.get_host("podman://fleet-app1"), testinfra.get_host("podman://fleet-app2")]

@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 from fleet import (
+    LABELER,
     apps,
     classify,
     database,
@@ -48,13 +49,24 @@ def test_the_bento_fleet_command_reports_on_the_fleets_own_log():
     """`sudo bento-fleet ab report` on an inference host reads PostgreSQL with the unit's secrets:
     a label sent through the gateway shows up as a labelled answer of variant main."""
     request_id = classify().json()["request_id"]
-    feedback = httpx.post(
-        gateway_url("/feedback"),
-        json={"request_id": request_id, "label": "espresso"},
-        verify=False,
-        timeout=60,
-    )
+
+    def send_feedback(headers):
+        return httpx.post(
+            gateway_url("/feedback"),
+            json={"request_id": request_id, "label": "espresso"},
+            headers=headers,
+            verify=False,
+            timeout=60,
+        )
+
+    # The role delivered the key's digest to both hosts: without the key, nothing is stored.
+    assert send_feedback({}).status_code == 401
+    assert send_feedback({"Authorization": "Bearer bfk_a-guess"}).status_code == 403
+    feedback = send_feedback({"Authorization": f"Bearer {LABELER['key']}"})
     assert feedback.status_code == 200, feedback.text
+    assert feedback.json()["labelled_by"] == LABELER["name"]
+    env_file = apps[0].file("/etc/bento-fleet/bento-fleet.env")
+    assert env_file.mode == 0o600 and LABELER["key"] not in env_file.content_string
     app = apps[0]
 
     def labelled_main():

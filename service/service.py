@@ -153,8 +153,9 @@ async def stats() -> dict:
 
 def routing(request: Request) -> dict:
     """The variant the request guard admitted, and the client key it was chosen by."""
+    header = settings.experiment.client_key_header
     return {
-        "client_key": request.headers.get(settings.experiment.client_key_header) or None,
+        "client_key": (request.headers.get(header) or None) if header else None,
         "variant_name": getattr(request.state, "variant", None),
     }
 

@@ -171,9 +171,14 @@ class AuthSettings(BaseModel):
 
 
 class ExperimentSettings(BaseModel):
+    # Off by default: a key the caller chooses lets the caller choose its variant (try keys
+    # until one lands on the candidate). Name a header only where something trusted sets it,
+    # such as the fleet's gateway (nginx_client_key), which drops any the client sent.
     client_key_header: str = Field(
-        "X-Client-Key",
-        description="Requests carrying it always reach the same variant (sticky assignment)",
+        "",
+        pattern=r"^([A-Za-z0-9-]+)?$",
+        description="Requests carrying this header always reach the same variant (sticky "
+        "assignment); empty: every request is split at random",
     )
 
 

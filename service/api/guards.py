@@ -128,7 +128,8 @@ class RequestGuard:
         self.app = app
         self.pipeline_getter = pipeline_getter
         self.max_body_bytes = max_body_bytes
-        self.client_key_header = client_key_header.lower().encode("latin-1")
+        # None: no header is trusted to carry a client key (experiment.client_key_header "").
+        self.client_key_header = client_key_header.lower().encode("latin-1") or None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -139,7 +140,9 @@ class RequestGuard:
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
         try:
-            client_key = headers.get(self.client_key_header, b"").decode("latin-1") or None
+            client_key = None
+            if self.client_key_header:
+                client_key = headers.get(self.client_key_header, b"").decode("latin-1") or None
             variant = self.pipeline_getter().admit(1, client_key)
             scope.setdefault("state", {})["variant"] = variant.name
             if declared is None and b"transfer-encoding" not in headers:

@@ -22,6 +22,8 @@ def ab_service(tmp_path_factory):
     config = {
         "batching": {"calibrate": False, "max_latency_ms": 60000},
         "feedback": {"lookup_wait_s": 1, "refresh_s": 1},
+        # Trusted here, as a gateway that sets it would be (nginx_client_key).
+        "experiment": {"client_key_header": "X-Client-Key"},
         "drift": {"interval_s": 0},
         "variants": [
             {"name": "main", "weight": 1, "model": {"version": "1"}},

@@ -30,14 +30,14 @@ class StandInPipeline:
         return Chosen(variant)
 
 
-def guarded_app(pipeline: StandInPipeline) -> FastAPI:
+def guarded_app(pipeline: StandInPipeline, client_key_header: str = "X-Client-Key") -> FastAPI:
     app = FastAPI()
     install_error_handlers(app)
     app.add_middleware(
         RequestGuard,
         pipeline_getter=lambda: pipeline,
         max_body_bytes={"/classify": 1000, "/classify_batch": 1000},
-        client_key_header="X-Client-Key",
+        client_key_header=client_key_header,
     )
 
     @app.post("/classify")
@@ -55,6 +55,15 @@ def test_the_route_gets_the_variant_the_guard_admitted():
     assert answer.json() == {"variant": "candidate"}
     assert pipeline.asked == [(1, "bob")]
     assert client.post("/classify", content=b"x" * 10).json() == {"variant": "main"}
+
+
+def test_no_client_key_is_read_unless_a_header_is_trusted():
+    """The default: a caller cannot pick its variant by trying keys."""
+    pipeline = StandInPipeline()
+    client = TestClient(guarded_app(pipeline, client_key_header=""))
+    answer = client.post("/classify", content=b"x" * 10, headers={"X-Client-Key": "bob"})
+    assert answer.json() == {"variant": "main"}
+    assert pipeline.asked == [(1, None)]
 
 
 def test_a_full_variant_is_refused_at_once_and_the_other_still_serves():

@@ -92,6 +92,13 @@ def test_only_the_public_api_and_the_page_pass_the_gateway(acme_root, path):
     assert json.loads(body)["error"]["code"] == "not_found"
 
 
+def test_a_client_cannot_choose_its_ab_variant_through_the_gateway():
+    """Whatever a client sends as X-Client-Key is replaced by the gateway's own (none here)."""
+    site = gateway.file("/etc/nginx/sites-available/bento-fleet.conf").content_string
+    assert re.search(r'^\s*proxy_set_header X-Client-Key "";$', site, re.MULTILINE)
+    assert "X-Client-Key" not in re.sub(r"proxy_set_header X-Client-Key", "", site)
+
+
 def test_the_monitoring_host_still_reads_the_services_metrics():
     metrics = http_get(monitor, f"http://{address('fleet-app1')}:3000/metrics")
     assert "bento_fleet_queue_capacity" in metrics

@@ -206,11 +206,13 @@ class DriftSettings(BaseModel):
         "saturation, sharpness) are computed for drift: about 1.2 ms of CPU an image, a third "
         "of the stack's own cost. Size, aspect, confidence and class are kept for every image",
     )
+    # 0 by default: the first predictions after a deploy are whatever the public sent, and a
+    # reference built from them can hide drift (or invent it). The operator chooses the data.
     reference_first_n: int = Field(
-        500,
+        0,
         ge=0,
         description="With no stored reference, the first N predictions of a model version "
-        "become it; 0 waits for `bento-fleet drift reference`",
+        "become it; 0 (default) waits for `bento-fleet drift reference`",
     )
     ks_alpha: float = Field(
         0.01, gt=0, lt=1, description="KS p-value below which a continuous feature may drift"

@@ -11,7 +11,7 @@ from support import together
 from test_drift import observations
 
 from service.modelops.drift import Profile
-from service.modelops.jobs import ModelOps
+from service.modelops.jobs import DriftStatus, ModelOps, run_drift_check
 from service.settings import Settings
 from service.store import drift_runs as drift_store
 from service.store.db import migrate
@@ -47,15 +47,8 @@ def test_a_lease_lapses_on_its_own_and_jobs_are_separate(tmp_path):
     assert holder_of(engine, "drift:1")[0] == "b" and holder_of(engine, "nothing") is None
 
 
-def test_workers_that_find_the_drift_job_due_together_store_one_run(tmp_path):
-    path = tmp_path / "p.db"
-    settings = Settings(database={"url": f"sqlite:///{path}"}, drift={"min_samples": 30})
-    first = create_engine(f"sqlite:///{path}")
-    migrate(first)
-    rng = np.random.default_rng(0)
-    drift_store.save_reference(
-        first, "m", "1", "test", Profile.from_observations(observations(rng, 200))
-    )
+def log_predictions(engine, observed) -> None:
+    """Model m version 1's answers, with these observations, in the prediction log."""
     records = [
         PredictionRecord(
             request_id=f"r{i}",
@@ -73,9 +66,21 @@ def test_workers_that_find_the_drift_job_due_together_store_one_run(tmp_path):
             saturation=o.saturation,
             sharpness=o.sharpness,
         )
-        for i, o in enumerate(observations(rng, 100))
+        for i, o in enumerate(observed)
     ]
-    insert_ignoring_duplicates(first, records)
+    insert_ignoring_duplicates(engine, records)
+
+
+def test_workers_that_find_the_drift_job_due_together_store_one_run(tmp_path):
+    path = tmp_path / "p.db"
+    settings = Settings(database={"url": f"sqlite:///{path}"}, drift={"min_samples": 30})
+    first = create_engine(f"sqlite:///{path}")
+    migrate(first)
+    rng = np.random.default_rng(0)
+    drift_store.save_reference(
+        first, "m", "1", "test", Profile.from_observations(observations(rng, 200))
+    )
+    log_predictions(first, observations(rng, 100))
     workers = [ModelOps(settings, engine) for engine in engines(path, 6)]
     for i, worker in enumerate(workers):
         worker.holder = f"worker-{i}"  # one process here; separate processes differ by pid
@@ -85,3 +90,20 @@ def test_workers_that_find_the_drift_job_due_together_store_one_run(tmp_path):
     assert runs == 1
     # the others publish that run, or nothing yet if they looked before it was stored
     assert len({check.run_id for check in checks if check is not None}) == 1
+
+
+def test_the_first_predictions_become_the_reference_only_when_the_operator_says_so(tmp_path):
+    """By default a reference comes from data the operator chose (`drift reference`), never
+    from whatever the public sent first after a deploy."""
+    path = tmp_path / "p.db"
+    engine = create_engine(f"sqlite:///{path}")
+    migrate(engine)
+    log_predictions(engine, observations(np.random.default_rng(1), 600))
+    default = Settings(database={"url": f"sqlite:///{path}"}, drift={"min_samples": 30})
+    assert run_drift_check(engine, default, "m", "1").status == DriftStatus.NO_REFERENCE
+    assert drift_store.latest_reference(engine, "1") is None
+    allowed = default.model_copy(
+        update={"drift": default.drift.model_copy(update={"reference_first_n": 50})}
+    )
+    assert run_drift_check(engine, allowed, "m", "1").status == DriftStatus.CHECKED
+    assert drift_store.latest_reference(engine, "1").source == "first 50 predictions"

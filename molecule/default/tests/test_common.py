@@ -1,9 +1,18 @@
 """The common baseline, as an operator meets it on the gateway: SSH by key only (and sudo),
 UTC, security updates on their own, a bounded persistent journal."""
 
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import ssh_audit
+import testinfra
 from fleet import gateway
 from fleet import outsider as client
 
+SSH_AUDIT = Path(ssh_audit.__file__).parent
+SSH_POLICY = "Hardened Debian 12 (version 3)"
 SSH = "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o ConnectTimeout=10"
 
 
@@ -25,7 +34,9 @@ def test_sshd_runs_with_the_hardened_settings():
     for setting in (
         "passwordauthentication no",
         "kbdinteractiveauthentication no",
-        "permitrootlogin without-password",
+        "permitrootlogin no",
+        "loglevel verbose",
+        "maxstartups 10:30:60",
         "x11forwarding no",
         "allowtcpforwarding no",
         "maxauthtries 3",
@@ -58,3 +69,16 @@ def test_the_journal_is_persistent_and_bounded():
     assert gateway.file("/var/log/journal").is_directory
     config = gateway.check_output("systemd-analyze cat-config systemd/journald.conf")
     assert "SystemMaxUse=1G" in config
+
+
+@pytest.mark.parametrize("name", ["fleet-gw", "fleet-app1", "fleet-app2", "fleet-db", "fleet-mon"])
+def test_ssh_audit_passes_its_hardened_debian_12_policy_on_every_host(name):
+    """ssh-audit (PyPI), not our own reading of sshd -T: key exchange, host keys and their
+    sizes, ciphers, MACs and the group-exchange moduli, against its built-in policy. It runs on
+    the host against loopback: its group-exchange probes open some fifty connections, which the
+    firewall's SSH rate limit would cut short from outside."""
+    subprocess.run(["podman", "cp", str(SSH_AUDIT), f"{name}:/tmp/ssh_audit"], check=True)
+    host = testinfra.get_host(f"podman://{name}")
+    result = host.run(f"cd /tmp && python3 -m ssh_audit -n -P {shlex.quote(SSH_POLICY)} 127.0.0.1")
+    assert result.rc == 0, result.stdout[-3000:]
+    assert "Passed" in result.stdout

@@ -7,7 +7,11 @@ import json
 import re
 import shlex
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
+import httpx
 import pytest
 from fleet import REPO, address, apps, classify, gateway, gateway_url, http_get, monitor, wait_for
 from fleet import outsider as client
@@ -68,6 +72,28 @@ def test_only_tls_1_2_and_1_3_are_accepted(version, accepted):
 def headers_of(acme_root, path: str, *args: str) -> list[str]:
     out = curl(f"--cacert {acme_root} -D - -o /dev/null {' '.join(args)} https://fleet-gw{path}")
     return out.lower().splitlines()
+
+
+def test_sslyze_finds_the_gateway_compliant_with_mozillas_intermediate_configuration(tmp_path):
+    """sslyze (PyPI), not our own reading of nginx's files: protocols, cipher suites, curves,
+    the certificate (its key, lifespan and chain, trusted through pebble's root) and more."""
+    root = tmp_path / "pebble-root.pem"
+    acme = f"https://{address('fleet-acme')}:15000/roots/0"
+    root.write_text(httpx.get(acme, verify=False, timeout=30).text)
+    sslyze = Path(sys.executable).parent / "sslyze"
+    result = subprocess.run(
+        [
+            str(sslyze),
+            f"--certinfo_ca_file={root}",
+            "--mozilla_config=intermediate",
+            f"fleet-gw:443{{{address('fleet-gw')}}}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert ": OK - Compliant." in result.stdout, result.stdout[-3000:]
 
 
 def test_security_headers(acme_root):

@@ -1,6 +1,7 @@
 """The data tier as a user meets it: who can log in, what the firewall lets through, and
 whether the backups really restore."""
 
+import re
 import shlex
 
 import pytest
@@ -89,11 +90,21 @@ def backup():
 
 def test_backup_writes_a_checksummed_dump_that_restores(backup):
     assert db.file(backup).user == "postgres" and db.file(backup).size > 0
+    assert db.file(backup).mode == 0o600 and db.file(f"{backup}.sha256").mode == 0o600
     assert db.run(f"cd /var/backups/postgresql && sha256sum -c {backup}.sha256").rc == 0
     journal = db.check_output("journalctl -u bento-fleet-pg-backup.service -o cat")
     tables = psql(app, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").stdout
     assert f"restore check: {backup} restores ({int(tables)} tables)" in journal
     assert db.file("/var/backups/postgresql/last-success").exists
+
+
+def test_the_backup_unit_is_sandboxed(backup):
+    """systemd's own rating of the unit that ran the backup and its restore check."""
+    exposure = db.check_output(
+        "systemd-analyze security bento-fleet-pg-backup.service --no-pager | tail -1"
+    )
+    score = float(re.search(r"level for bento-fleet-pg-backup.service: ([0-9.]+)", exposure)[1])
+    assert score <= 2.0, exposure
 
 
 def test_restore_check_fails_loudly_on_a_corrupted_dump(backup):

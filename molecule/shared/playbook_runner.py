@@ -7,9 +7,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_playbook(name: str, *extra: str) -> subprocess.CompletedProcess:
+def run_playbook(
+    name: str, *extra: str, inventory: str | None = None
+) -> subprocess.CompletedProcess:
+    """Over the scenario's inventory, or another (a copy a test changed)."""
+    inventory = inventory or os.environ["MOLECULE_INVENTORY_FILE"]
     return subprocess.run(
-        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], name, *extra],
+        ["ansible-playbook", "-i", inventory, name, *extra],
         cwd=REPO,
         capture_output=True,
         text=True,

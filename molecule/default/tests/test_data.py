@@ -1,10 +1,14 @@
 """The data tier as a user meets it: who can log in, what the firewall lets through, and
 whether the backups really restore."""
 
+import os
 import re
 import shlex
+import shutil
+from pathlib import Path
 
 import pytest
+import yaml
 from fleet import apps, outsider
 from fleet import database as db
 from playbook_runner import run_playbook
@@ -67,6 +71,45 @@ def test_firewall_denies_by_default_and_limits_ssh():
     rules = [line for line in status.splitlines() if line.startswith("5432/tcp")]
     assert len(rules) == len(apps)
     assert all(any(address(a) in rule for rule in rules) for a in apps)
+
+
+def without_host(group: str, name: str, inventory_file: Path, copy: Path) -> Path:
+    """A copy of the scenario's inventory (with its group_vars) where `group` lacks `name`."""
+    shutil.copytree(inventory_file.parent, copy)
+    inventory = yaml.safe_load(inventory_file.read_text())
+
+    def drop(node):
+        if isinstance(node, dict):
+            if isinstance(node.get(group), dict):
+                (node[group].get("hosts") or {}).pop(name, None)
+            for child in node.values():
+                drop(child)
+
+    drop(inventory)
+    changed = copy / inventory_file.name
+    changed.write_text(yaml.safe_dump(inventory))
+    return changed
+
+
+def test_a_host_taken_out_of_the_inventory_loses_its_database_access(tmp_path):
+    """Firewall and pg_hba are reconciled to the inventory, not only added to: fleet-app2 out
+    of `inference`, the database play run, and its access is gone from both; back in, back."""
+    gone, kept = apps[1], apps[0]
+    inventory = without_host(
+        "inference", "fleet-app2", Path(os.environ["MOLECULE_INVENTORY_FILE"]), tmp_path / "inv"
+    )
+    try:
+        run = run_playbook("playbooks/databases.yml", inventory=str(inventory))
+        assert run.returncode == 0, run.stdout[-3000:]
+        assert address(gone) not in db.check_output("ufw status")
+        hba = db.file("/etc/postgresql/15/main/pg_hba.conf").content_string
+        assert f"{address(gone)}/32" not in hba and f"{address(kept)}/32" in hba
+        assert psql(gone, "SELECT 1").rc != 0
+        assert psql(kept, "SELECT 1").rc == 0
+    finally:
+        back = run_playbook("playbooks/databases.yml")
+        assert back.returncode == 0, back.stdout[-3000:]
+    assert psql(gone, "SELECT 1").rc == 0
 
 
 def test_nightly_backup_timer_is_active():

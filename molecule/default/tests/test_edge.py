@@ -111,7 +111,7 @@ def test_security_headers(acme_root):
 
 @pytest.mark.parametrize("path", ["/metrics", "/stats", "/model", "/docs", "/docs.json", "/x"])
 def test_only_the_public_api_and_the_page_pass_the_gateway(acme_root, path):
-    status, body = curl(
+    body, status = curl(
         f"--cacert {acme_root} -w '\n%{{http_code}}' https://fleet-gw{path}"
     ).rsplit("\n", 1)
     assert status == "404"
@@ -132,7 +132,7 @@ def test_the_monitoring_host_still_reads_the_services_metrics():
 
 def test_an_upload_over_the_gateways_limit_gets_a_json_413(acme_root):
     client.check_output("head -c 12000000 /dev/zero > /tmp/12MB.png")
-    status, body = curl(
+    body, status = curl(
         f"--cacert {acme_root} -w '\n%{{http_code}}' -F image=@/tmp/12MB.png "
         "https://fleet-gw/classify"
     ).rsplit("\n", 1)

@@ -153,9 +153,8 @@ async def stats() -> dict:
 
 def routing(request: Request) -> dict:
     """The variant the request guard admitted, and the client key it was chosen by."""
-    header = settings.experiment.client_key_header
     return {
-        "client_key": (request.headers.get(header) or None) if header else None,
+        "client_key": getattr(request.state, "client_key", None),
         "variant_name": getattr(request.state, "variant", None),
     }
 

@@ -110,7 +110,8 @@ class RequestGuard:
 
     - an overloaded batcher: 503 + Retry-After at once, so excess load costs almost nothing.
       The request is routed here, so that it is the batcher of the variant that will answer
-      (pipeline.admit); the route handler finds the choice in `request.state.variant`;
+      (pipeline.admit); the route handler finds the choice in `request.state.variant`, and the
+      client key it was made by (read only from a trusted header) in `.client_key`;
     - a declared or streamed body over the limit: 413, without buffering the rest;
     - an empty body: 400 empty_body.
 
@@ -144,7 +145,7 @@ class RequestGuard:
             if self.client_key_header:
                 client_key = headers.get(self.client_key_header, b"").decode("latin-1") or None
             variant = self.pipeline_getter().admit(1, client_key)
-            scope.setdefault("state", {})["variant"] = variant.name
+            scope.setdefault("state", {}).update(variant=variant.name, client_key=client_key)
             if declared is None and b"transfer-encoding" not in headers:
                 # HTTP/1.1: no length and no chunking means no body at all.
                 raise ServiceError("empty_body", "the request body is empty")

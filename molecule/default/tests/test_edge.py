@@ -74,6 +74,15 @@ def headers_of(acme_root, path: str, *args: str) -> list[str]:
     return out.lower().splitlines()
 
 
+def status_and_error(acme_root, path: str, *args: str) -> tuple[str, str]:
+    """The gateway's status for `path` and the code of the JSON error in its body."""
+    out = curl(
+        f"--cacert {acme_root} -w '\n%{{http_code}}' {' '.join(args)} https://fleet-gw{path}"
+    )
+    body, status = out.rsplit("\n", 1)
+    return status, json.loads(body)["error"]["code"]
+
+
 def test_sslyze_finds_the_gateway_compliant_with_mozillas_intermediate_configuration(tmp_path):
     """sslyze (PyPI), not our own reading of nginx's files: protocols, cipher suites, curves,
     the certificate (its key, lifespan and chain, trusted through pebble's root) and more."""
@@ -111,11 +120,7 @@ def test_security_headers(acme_root):
 
 @pytest.mark.parametrize("path", ["/metrics", "/stats", "/model", "/docs", "/docs.json", "/x"])
 def test_only_the_public_api_and_the_page_pass_the_gateway(acme_root, path):
-    body, status = curl(
-        f"--cacert {acme_root} -w '\n%{{http_code}}' https://fleet-gw{path}"
-    ).rsplit("\n", 1)
-    assert status == "404"
-    assert json.loads(body)["error"]["code"] == "not_found"
+    assert status_and_error(acme_root, path) == ("404", "not_found")
 
 
 def test_a_client_cannot_choose_its_ab_variant_through_the_gateway():
@@ -132,12 +137,8 @@ def test_the_monitoring_host_still_reads_the_services_metrics():
 
 def test_an_upload_over_the_gateways_limit_gets_a_json_413(acme_root):
     client.check_output("head -c 12000000 /dev/zero > /tmp/12MB.png")
-    body, status = curl(
-        f"--cacert {acme_root} -w '\n%{{http_code}}' -F image=@/tmp/12MB.png "
-        "https://fleet-gw/classify"
-    ).rsplit("\n", 1)
-    assert status == "413"
-    assert json.loads(body)["error"]["code"] == "payload_too_large"
+    answer = status_and_error(acme_root, "/classify", "-F image=@/tmp/12MB.png")
+    assert answer == ("413", "payload_too_large")
 
 
 def test_the_page_works_in_a_browser_through_the_gateway():

@@ -2,26 +2,32 @@
 
     bentoml serve                 # from the repository root (reads bentofile.yaml)
 
-BentoML provides the server, workers, /healthz /livez /readyz /metrics and the OpenAPI page;
-the routes below are a FastAPI app mounted on it, so that uploads are parsed, limited and
-answered exactly as documented. The work is in the packages beside this file: api/ (request
-guards, error mapping, feedback), serving/ (the request path: decoding, variants, batching,
-the model), modelops/ (drift, A/B, reports, the periodic jobs) and store/ (the database);
-settings, errors and metrics are shared by all; web/ is the page at /.
+BentoML provides the server, workers, /healthz /livez /readyz /metrics, the OpenAPI page and
+the schema its clients read; the endpoints are declared as BentoML API methods (for that schema
+and for in-process callers) and answered over HTTP by a FastAPI app mounted on it, so that
+uploads are parsed, limited and answered exactly as documented (api/routes.py). The work is in
+the packages beside this file: api/ (request guards, error mapping, answers, feedback),
+serving/ (the request path: decoding, variants, batching, the model), modelops/ (drift, A/B,
+reports, the periodic jobs) and store/ (the database); settings, errors and metrics are shared
+by all; web/ is the page at /.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from pathlib import Path
 from typing import Annotated
 
 import bentoml
 from fastapi import FastAPI, File, Form, Request, Response, UploadFile
 
+from .api.answers import BatchClassification, Classification, FeedbackAnswer
 from .api.auth import caller
 from .api.feedback import FeedbackIn, record_feedback
 from .api.guards import MULTIPART_OVERHEAD, RequestGuard, install_error_handlers, request_id_of
+from .api.routes import ToTheRoutes
 from .errors import ServiceError
 from .modelops.jobs import ModelOps
 from .serving.live_stats import LIVE
@@ -49,13 +55,32 @@ ImageFile = Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF, BMP or
 TopK = Annotated[int, Form(description=f"How many classes to return, 1-{limits.max_top_k}")]
 
 
-async def read_upload(upload: UploadFile, field: str) -> bytes:
-    if upload.size is not None and upload.size > limits.max_upload_bytes:
+IN_PROCESS = "in-process"  # labelled_by of feedback given by a caller in the same process
+
+
+def check_size(size: int | None, field: str) -> None:
+    if size is not None and size > limits.max_upload_bytes:
         raise ServiceError(
-            "payload_too_large",
-            f"{field} is {upload.size} bytes; the limit is {limits.max_upload_bytes}",
+            "payload_too_large", f"{field} is {size} bytes; the limit is {limits.max_upload_bytes}"
         )
+
+
+async def read_upload(upload: UploadFile, field: str) -> bytes:
+    check_size(upload.size, field)
     return await upload.read()
+
+
+def read_file(path: Path, field: str) -> bytes:
+    check_size(path.stat().st_size, field)
+    return path.read_bytes()
+
+
+def check_batch_size(count: int) -> None:
+    if count > limits.max_batch_images:
+        raise ServiceError(
+            "too_many_images",
+            f"{count} images sent; the limit is {limits.max_batch_images} per request",
+        )
 
 
 def check_top_k(top_k: int) -> int:
@@ -75,9 +100,11 @@ def check_top_k(top_k: int) -> int:
 )
 @bentoml.asgi_app(app, path="/")
 class ImageClassifier:
-    """The worker's lifecycle: load the models, answer readiness, flush the log on shutdown.
+    """bento-fleet's image classifier: top-k ImageNet-style labels for JPEG, PNG, WebP, GIF,
+    BMP and TIFF uploads, with feedback, drift and A/B model operations.
 
-    The routes are plain functions of the app below, not methods: BentoML hands a method its
+    The worker's lifecycle: load the models, answer readiness, flush the log on shutdown. The
+    HTTP routes are plain functions of the FastAPI app, not methods: BentoML hands a method its
     `self` through a synchronous FastAPI dependency, which costs every request a round trip
     through a worker thread. They reach the pipeline through `app.state`."""
 
@@ -99,6 +126,56 @@ class ImageClassifier:
         self.ops.stop()
         await self.pipeline.close()
 
+    # BentoML's own API for the same routes: the typed schema that its clients read
+    # (/schema.json, so `bentoml.SyncHTTPClient(url).classify(image=path)` works) and methods a
+    # caller in this process can await. Over HTTP these routes are answered by the FastAPI app
+    # below (ToTheRoutes), so uploads are limited, admitted and refused exactly as documented,
+    # and BentoML's clients get those same answers.
+
+    @bentoml.api(route="/classify")
+    async def classify(self, image: Path, top_k: int = 5) -> Classification:
+        """Classify one image: JPEG, PNG, WebP, GIF, BMP or TIFF."""
+        started, request_id = time.perf_counter(), uuid.uuid4().hex
+        data = read_file(image, "image")
+        variant, (result,) = await self.pipeline.classify(
+            [data], check_top_k(top_k), request_id, started
+        )
+        return Classification(**result, **model_fields(variant), request_id=request_id)
+
+    @bentoml.api(route="/classify_batch")
+    async def classify_batch(self, images: list[Path], top_k: int = 5) -> BatchClassification:
+        """Classify several images; results in input order."""
+        started, request_id = time.perf_counter(), uuid.uuid4().hex
+        check_batch_size(len(images))
+        data = [read_file(image, f"images[{i}]") for i, image in enumerate(images)]
+        variant, results = await self.pipeline.classify(
+            data, check_top_k(top_k), request_id, started
+        )
+        return BatchClassification(results=results, **model_fields(variant), request_id=request_id)
+
+    @bentoml.api(route="/feedback", input_spec=FeedbackIn)
+    async def feedback(self, **given) -> FeedbackAnswer:
+        """The true label of an image answered earlier. Over HTTP it needs an API key
+        (Authorization: Bearer); a caller in this process is trusted and recorded as such."""
+        answer = await record_feedback(self.pipeline, FeedbackIn(**given), IN_PROCESS)
+        self.ops.labels_changed()
+        return FeedbackAnswer(**answer)
+
+    @bentoml.api(route="/model")
+    def model(self) -> dict:
+        """Model card: architecture, weights, device, batching."""
+        return self.pipeline.model_card()
+
+    @bentoml.api(route="/stats")
+    def stats(self) -> dict:
+        """This worker's live numbers, accuracy and drift verdicts."""
+        return {**LIVE.snapshot(), **self.ops.summary(), "ready": self.pipeline.ready}
+
+
+ImageClassifier.add_asgi_middleware(
+    ToTheRoutes, routes=app, paths={api.route for api in ImageClassifier.apis.values()}
+)
+
 
 @app.post("/classify", summary="Classify one image")
 async def classify(request: Request, response: Response, image: ImageFile, top_k: TopK = 5) -> dict:
@@ -116,11 +193,7 @@ async def classify_batch(
     request: Request, response: Response, images: list[ImageFile], top_k: TopK = 5
 ) -> dict:
     started, request_id = time.perf_counter(), request_id_of(request)
-    if len(images) > limits.max_batch_images:
-        raise ServiceError(
-            "too_many_images",
-            f"{len(images)} images sent; the limit is {limits.max_batch_images} per request",
-        )
+    check_batch_size(len(images))
     data = [await read_upload(image, f"images[{i}]") for i, image in enumerate(images)]
     variant, results = await app.state.pipeline.classify(
         data, check_top_k(top_k), request_id, started, **routing(request)
@@ -129,7 +202,10 @@ async def classify_batch(
     return {"results": results, **model_fields(variant), "request_id": request_id}
 
 
-@app.get("/model", summary="Model card: architecture, weights, device, batching")
+# GET for browsers and curl, POST for BentoML's clients, which post to every endpoint.
+@app.api_route(
+    "/model", methods=["GET", "POST"], summary="Model card: architecture, weights, device, batching"
+)
 async def model() -> dict:
     return app.state.pipeline.model_card()
 
@@ -145,7 +221,11 @@ async def feedback(given: FeedbackIn, request: Request) -> dict:
     return answer
 
 
-@app.get("/stats", summary="This worker's live numbers, accuracy and drift verdicts")
+@app.api_route(
+    "/stats",
+    methods=["GET", "POST"],
+    summary="This worker's live numbers, accuracy and drift verdicts",
+)
 async def stats() -> dict:
     summary = await asyncio.to_thread(app.state.ops.summary)
     return {**LIVE.snapshot(), **summary, "ready": app.state.pipeline.ready}

@@ -170,6 +170,41 @@ def test_the_page_works_in_a_browser_through_the_gateway():
         browser.quit()
 
 
+BENTOML_CLIENT = """
+import json, bentoml
+from bentoml.exceptions import BentoMLException
+from PIL import Image
+
+photo = "/tmp/bentoml-client.jpg"
+Image.new("RGB", (320, 240), (120, 80, 40)).save(photo)
+with bentoml.SyncHTTPClient("https://fleet-gw", timeout=60) as client:
+    answer = client.classify(image=photo, top_k=3)
+    try:
+        client.feedback(request_id=answer["request_id"], label="espresso")
+        refused = None
+    except BentoMLException as exc:
+        refused = [int(exc.error_code), json.loads(str(exc))]
+print(json.dumps({"endpoints": sorted(client.endpoints), "answer": answer, "refused": refused}))
+"""
+
+
+def test_bentomls_own_client_works_through_the_gateway():
+    """BentoML's SyncHTTPClient, run with the service's own venv on an inference host as any
+    client with BentoML installed, verifying the gateway's certificate against pebble's root:
+    it reads /schema.json, classifies, and meets the API key's 401 on /feedback."""
+    host = apps[0]
+    host.check_output(f"curl -sfk https://fleet-acme:15000/roots/0 -o {ROOT}")
+    python = "/opt/bento-fleet/current/venv/bin/python"
+    out = host.check_output(
+        f"cd /tmp && SSL_CERT_FILE={ROOT} {python} -c {shlex.quote(BENTOML_CLIENT)}"
+    )
+    found = json.loads(out.splitlines()[-1])
+    assert {"classify", "classify_batch", "feedback"} <= set(found["endpoints"])
+    assert len(found["answer"]["top_k"]) == 3 and found["answer"]["request_id"]
+    status, body = found["refused"]
+    assert (status, body["error"]["code"]) == (401, "unauthorized")
+
+
 def test_rate_limit_answers_429_with_a_json_body(acme_root):
     # 300 requests, 50 at a time, from one client: far beyond the scenario's 30 r/s, burst 60.
     # Each answer's body, then its status on a line of its own. (Sequential requests after the

@@ -6,6 +6,8 @@
     bento-fleet drift report [--html drift.html]                # check, table + HTML with plots
     bento-fleet ab report [--control NAME] [--since-hours H] [--html ab.html] [--json ab.json]
     bento-fleet keys new NAME                                   # an API key and its settings entry
+    bento-fleet model import NAME --architecture A --weights FILE [--labels FILE] [--version V]
+                                                                # into BentoML's model store
 
 Settings come from the same place as the service's (BENTO_FLEET_CONFIG, BENTO_FLEET_* env),
 so on a host provisioned by the bento_service role it reads the same database.
@@ -140,6 +142,29 @@ def new_key_command(args, _settings) -> int:
     return 0
 
 
+def model_import_command(args, _settings) -> int:
+    """Check the model, then put it into BentoML's model store; print the tag to serve."""
+    from .serving.stored_models import ImportRefused, import_model
+
+    try:
+        tag = import_model(
+            args.name,
+            args.architecture,
+            Path(args.weights),
+            Path(args.labels) if args.labels else None,
+            args.version,
+            input_size=args.input_size,
+            resize_size=args.resize_size,
+            mean=tuple(args.mean) if args.mean else None,
+            std=tuple(args.std) if args.std else None,
+        )
+    except ImportRefused as exc:
+        print(f"not imported: {exc}", file=sys.stderr)
+        return 2
+    print(f"imported {tag}; serve it with model.tag: {tag} (BENTO_FLEET_MODEL__TAG={tag})")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="bento-fleet", description=__doc__.split("\n\n")[0])
     groups = root.add_subparsers(dest="group", required=True)
@@ -187,6 +212,27 @@ def parser() -> argparse.ArgumentParser:
     new = keys.add_parser("new", help="a new key, and its entry for auth.api_keys")
     new.add_argument("name", help="who holds it (letters, digits, _ . @ -)")
     new.set_defaults(run=new_key_command, needs_settings=False)
+
+    model = groups.add_parser("model", help="models in BentoML's model store").add_subparsers(
+        dest="command", required=True
+    )
+    importing = model.add_parser(
+        "import", help="a torchvision state_dict, its labels and preprocessing, under a tag"
+    )
+    importing.add_argument("name", help="the model's name in the store, e.g. pets-resnet50")
+    importing.add_argument(
+        "--architecture", required=True, help="torchvision's name, e.g. resnet50"
+    )
+    importing.add_argument(
+        "--weights", required=True, metavar="FILE", help="torch.save'd state_dict"
+    )
+    importing.add_argument("--labels", metavar="FILE", help="class names, one a line (ImageNet)")
+    importing.add_argument("--version", help="the tag's version (default: BentoML makes one)")
+    importing.add_argument("--input-size", type=int, help="the centre crop's side (224)")
+    importing.add_argument("--resize-size", type=int, help="the shorter side before it (+32)")
+    importing.add_argument("--mean", type=float, nargs=3, metavar="V", help="on 0-255 pixels")
+    importing.add_argument("--std", type=float, nargs=3, metavar="V", help="on 0-255 pixels")
+    importing.set_defaults(run=model_import_command, needs_settings=False)
     return root
 
 

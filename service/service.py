@@ -172,6 +172,8 @@ class ImageClassifier:
         return {**LIVE.snapshot(), **self.ops.summary(), "ready": self.pipeline.ready}
 
 
+# The stored models the settings serve (model.tag) travel inside the Bento `bentoml build` packs.
+ImageClassifier.models.extend(bentoml.models.BentoModel(tag) for tag in settings.stored_model_tags)
 ImageClassifier.add_asgi_middleware(
     ToTheRoutes, routes=app, paths={api.route for api in ImageClassifier.apis.values()}
 )

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,9 +23,25 @@ from pydantic_settings import (
 
 CONFIG_FILE_ENV = "BENTO_FLEET_CONFIG"
 DEFAULT_ARCHITECTURE = "efficientnet_lite0"
+# What a stored model (model.tag) brings, and the settings may therefore not give as well.
+STORED_MODEL_FIELDS = {
+    "architecture",
+    "weights_path",
+    "labels_path",
+    "input_size",
+    "resize_size",
+    "mean",
+    "std",
+}
 
 
 class ModelSettings(BaseModel):
+    tag: str | None = Field(
+        None,
+        description="A model in BentoML's model store, put there by `bento-fleet model import` "
+        "(e.g. pets-resnet50:latest): it brings the architecture, weights, labels and "
+        "preprocessing, and `bentoml build` packs it into the Bento",
+    )
     architecture: str = Field(
         DEFAULT_ARCHITECTURE,
         description="efficientnet_lite0 (embedded default) or any torchvision classification "
@@ -52,6 +68,26 @@ class ModelSettings(BaseModel):
     def display_name(self) -> str:
         """The name answers, the prediction log and the model card give the model."""
         return self.name or self.architecture
+
+    # Set once the stored model has filled these settings: validators run again whenever the
+    # object is passed to another model (VariantSettings), and must not refuse their own work.
+    _from_store: bool = PrivateAttr(False)
+
+    @model_validator(mode="after")
+    def _from_the_model_store(self) -> ModelSettings:
+        if self.tag is None or self._from_store:
+            return self
+        given = sorted(self.model_fields_set & STORED_MODEL_FIELDS)
+        if given:
+            raise ValueError(
+                f"model.tag {self.tag!r} brings its own architecture, weights, labels and "
+                f"preprocessing: drop model.{', model.'.join(given)}"
+            )
+        from .serving.stored_models import resolve
+
+        resolve(self)
+        self._from_store = True
+        return self
 
     @model_validator(mode="after")
     def _crop_inside_the_resized_image(self) -> ModelSettings:
@@ -294,6 +330,11 @@ class Settings(BaseSettings):
                 return variant
         known = ", ".join(v.name for v in self.model_variants)
         raise ValueError(f"no variant named {name!r}; known: {known}")
+
+    @property
+    def stored_model_tags(self) -> list[str]:
+        """The model store's models that the variants serve (model.tag), as name:version."""
+        return sorted({v.model.tag for v in self.model_variants if v.model.tag})
 
     def for_variant(self, variant: VariantSettings) -> Settings:
         """These settings with the variant's model in place of `model`."""

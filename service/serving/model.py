@@ -74,17 +74,21 @@ def compile_module(module: torch.nn.Module, how: str, device: torch.device) -> t
     return torch.compile(module, mode=mode, dynamic=False)
 
 
-def build_module(architecture: str, weights: Path, num_classes: int) -> torch.nn.Module:
+def build_architecture(architecture: str, num_classes: int) -> torch.nn.Module:
+    """The architecture with random weights and `num_classes` outputs."""
     if architecture == DEFAULT_ARCHITECTURE:
         from efficientnet_lite_pytorch import EfficientNet
 
-        module = EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
-    else:
-        if architecture not in torchvision.models.list_models(torchvision.models):
-            raise ValueError(
-                f"model.architecture={architecture!r} is not a torchvision classification model"
-            )
-        module = torchvision.models.get_model(architecture, weights=None, num_classes=num_classes)
+        return EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
+    if architecture not in torchvision.models.list_models(torchvision.models):
+        raise ValueError(
+            f"model.architecture={architecture!r} is not a torchvision classification model"
+        )
+    return torchvision.models.get_model(architecture, weights=None, num_classes=num_classes)
+
+
+def build_module(architecture: str, weights: Path, num_classes: int) -> torch.nn.Module:
+    module = build_architecture(architecture, num_classes)
     state = torch.load(weights, map_location="cpu", weights_only=True)
     module.load_state_dict(state)
     return module.eval()
@@ -107,6 +111,7 @@ class Classifier:
 
     def __init__(self, settings: Settings):
         cfg = settings.model
+        self.tag = cfg.tag  # in BentoML's model store, or None
         self.architecture = cfg.architecture
         self.name = cfg.display_name
         self.version = cfg.version
@@ -227,6 +232,7 @@ class Classifier:
     def card(self) -> dict:
         return {
             "name": self.name,
+            "tag": self.tag,
             "architecture": self.architecture,
             "version": self.version,
             "weights_path": str(self.weights_path),

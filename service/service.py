@@ -204,10 +204,10 @@ async def classify_batch(
     return {"results": results, **model_fields(variant), "request_id": request_id}
 
 
-# GET for browsers and curl, POST for BentoML's clients, which post to every endpoint.
-@app.api_route(
-    "/model", methods=["GET", "POST"], summary="Model card: architecture, weights, device, batching"
-)
+# GET for browsers and curl; POST too for BentoML's clients, which post to every endpoint (its
+# schema, /schema.json, describes the POST).
+@app.get("/model", summary="Model card: architecture, weights, device, batching")
+@app.post("/model", include_in_schema=False)
 async def model() -> dict:
     return app.state.pipeline.model_card()
 
@@ -223,11 +223,8 @@ async def feedback(given: FeedbackIn, request: Request) -> dict:
     return answer
 
 
-@app.api_route(
-    "/stats",
-    methods=["GET", "POST"],
-    summary="This worker's live numbers, accuracy and drift verdicts",
-)
+@app.get("/stats", summary="This worker's live numbers, accuracy and drift verdicts")
+@app.post("/stats", include_in_schema=False)
 async def stats() -> dict:
     summary = await asyncio.to_thread(app.state.ops.summary)
     return {**LIVE.snapshot(), **summary, "ready": app.state.pipeline.ready}

@@ -14,8 +14,8 @@ MOLECULE_SCENARIOS ?= default
 # scripts/prepare-molecule-host.sh as this machine's pip is configured; kept between runs).
 export BENTO_FLEET_WHEELHOUSE ?= /var/cache/bento-fleet/molecule/wheelhouse
 
-.PHONY: venv serve build test check test-deps lint unit integration test-gpu molecule-host molecule \
-	molecule-bare bench bench-profile clean
+.PHONY: venv serve build image test check test-deps lint unit integration test-gpu podman-host \
+	container-base molecule-host molecule molecule-bare bench bench-profile clean
 
 # The venv is rebuilt only when the pinned requirements change.
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
@@ -32,6 +32,16 @@ serve: venv
 build: venv
 	$(BIN)/bentoml build
 
+# The OCI image of the Bento: `bentoml containerize` with podman, FROM the runtime base built from
+# Debian's archive (container/). BentoML reads the Dockerfile template only from below the
+# working directory, and writes its build context to TMPDIR: both in var/.
+IMAGE_TAG ?= localhost/bento-fleet-classifier:latest
+image: build container-base
+	mkdir -p var/containerize
+	cd var/containerize && TMPDIR=$(CURDIR)/var/containerize \
+	  $(CURDIR)/$(BIN)/bentoml containerize bento-fleet-classifier:latest --backend podman \
+	  --image-tag $(IMAGE_TAG)
+
 # System packages the tests use as real parts (PostgreSQL); idempotent.
 test-deps:
 	scripts/install-test-deps.sh
@@ -45,15 +55,23 @@ lint: venv
 unit: venv
 	$(BIN)/pytest tests/unit --junitxml=$(RESULTS)/unit.xml
 
-integration: venv test-deps
+integration: venv test-deps container-base
 	$(BIN)/pytest tests/integration --junitxml=$(RESULTS)/integration.xml
 
 # The GPU path (CUDA, float16, channels_last); needs a host with CUDA, so not part of `test`.
 test-gpu: venv
 	$(BIN)/pytest tests/gpu --junitxml=$(RESULTS)/gpu.xml
 
-# Podman, its settings, the wheelhouse and the instance images built from Debian's archive;
-# idempotent, root.
+# Podman, its settings and the wheelhouse; idempotent, root.
+podman-host:
+	scripts/prepare-podman-host.sh
+
+# The container image's base: Debian's archive and the wheelhouse (container/runtime-image.sh);
+# rebuilt only when the pins change.
+container-base: podman-host
+	container/runtime-image.sh $(BENTO_FLEET_WHEELHOUSE)
+
+# The podman host and the instance images built from Debian's archive; idempotent, root.
 molecule-host:
 	scripts/prepare-molecule-host.sh
 
@@ -79,6 +97,7 @@ test:
 	@$(TIMED) "install (venv)" $(MAKE) --no-print-directory venv
 	@$(TIMED) "install (test deps)" $(MAKE) --no-print-directory test-deps
 	@$(TIMED) "install (molecule host)" $(MAKE) --no-print-directory molecule-host
+	@$(TIMED) "install (container base)" $(MAKE) --no-print-directory container-base
 	@$(TIMED) lint $(MAKE) --no-print-directory lint
 	@$(TIMED) "pytest unit" $(MAKE) --no-print-directory unit
 	@$(TIMED) "pytest integration" $(MAKE) --no-print-directory integration

@@ -454,9 +454,9 @@ IDLE_LEAVES = (
 )
 
 
-def profile(images: list[bytes], seconds: float, concurrency: int) -> None:
-    """py-spy on the worker while `concurrency` clients load it; writes the raw stacks and a
-    summary of where the CPU went (waits left out)."""
+def profile(images: list[bytes], seconds: float, concurrency: int, backoff: bool = True) -> None:
+    """py-spy on the worker while `concurrency` clients load it (a retry storm without
+    `backoff`); writes the raw stacks and a summary of where the CPU went (waits left out)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     raw = RESULTS / "profile-raw.txt"
     server = Server().start()
@@ -483,7 +483,7 @@ def profile(images: list[bytes], seconds: float, concurrency: int) -> None:
             text=True,
         )
         time.sleep(1)  # py-spy attaches
-        result = measure(server, images, concurrency, seconds)
+        result = measure(server, images, concurrency, seconds, backoff)
         _, error = spy.communicate(timeout=60)
         if spy.returncode != 0:
             raise SystemExit(f"py-spy failed (it needs ptrace: run as root): {error[-500:]}")
@@ -492,8 +492,9 @@ def profile(images: list[bytes], seconds: float, concurrency: int) -> None:
     summary = summarise_profile(raw)
     (RESULTS / "profile.txt").write_text(summary)
     print(
-        f"{concurrency} clients: {result['req_per_s']:.1f} req/s, server "
-        f"{result['server_cpu_ms_per_image']:.1f} CPU ms per image\n"
+        f"{concurrency} clients{' (storm)' if not backoff else ''}: {result['req_per_s']:.1f} "
+        f"req/s, {result['refused_per_s']:.0f} refused/s, server "
+        f"{result['server_cpu_ms_per_image'] or 0:.1f} CPU ms per image answered\n"
     )
     print(summary)
     print(f"wrote {RESULTS / 'profile.txt'} and {raw}")
@@ -546,6 +547,9 @@ def main() -> None:
     )
     parser.add_argument("--profile-clients", type=int, default=16)
     parser.add_argument(
+        "--profile-storm", action="store_true", help="profile under a retry storm (no back-off)"
+    )
+    parser.add_argument(
         "--storm",
         type=int,
         default=STORM_CLIENTS,
@@ -567,7 +571,7 @@ def main() -> None:
         print(json.dumps(measure_ceiling(images, args.duration, compile_modes[0])))
         return
     if args.profile:
-        profile(images, args.profile, args.profile_clients)
+        profile(images, args.profile, args.profile_clients, backoff=not args.profile_storm)
         return
     ceilings = {}
     for mode in compile_modes:

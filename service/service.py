@@ -45,6 +45,7 @@ app.add_middleware(
     RequestGuard,
     pipeline_getter=lambda: app.state.pipeline,
     client_key_header=settings.experiment.client_key_header,
+    refusal_delay_s=settings.batching.refusal_delay_ms / 1000,
     max_body_bytes={
         "/classify": limits.max_upload_bytes + MULTIPART_OVERHEAD,
         "/classify_batch": limits.max_batch_images * limits.max_upload_bytes + MULTIPART_OVERHEAD,

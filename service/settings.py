@@ -121,6 +121,14 @@ class BatchingSettings(BaseModel):
         description="Images waiting or running at most; beyond it a fast 503. At least "
         "limits.max_batch_images, or the largest batch requests could never be admitted",
     )
+    refusal_delay_ms: float = Field(
+        250.0,
+        ge=0,
+        le=5000,
+        description="An overload refusal (503) is held this long before it is sent, never beyond "
+        "its Retry-After: a client that retries at once cannot keep the server busy refusing it. "
+        "0 answers at once",
+    )
     enabled: bool = Field(True, description="False runs every image as its own batch of 1")
     calibrate: bool = Field(
         True,

@@ -116,7 +116,10 @@ class RequestGuard:
     - an empty body: 400 empty_body.
 
     A refusal made here reads the refused body to its end and drops it (`discard_body`) before
-    it answers, unless the client asked `Expect: 100-continue`.
+    it answers, unless the client asked `Expect: 100-continue`. An overload refusal is held
+    `refusal_delay_s` first (at most its Retry-After): a refusal is cheap, but a client that
+    retries the moment it gets one makes them as fast as the event loop can answer, and the
+    loop is the one that must also feed the model. Held, each such client costs a timer.
     """
 
     def __init__(
@@ -125,8 +128,10 @@ class RequestGuard:
         pipeline_getter,
         max_body_bytes: dict[str, int],
         client_key_header: str,
+        refusal_delay_s: float = 0.0,
     ):
         self.app = app
+        self.refusal_delay_s = refusal_delay_s
         self.pipeline_getter = pipeline_getter
         self.max_body_bytes = max_body_bytes
         # None: no header is trusted to carry a client key (experiment.client_key_header "").
@@ -162,6 +167,8 @@ class RequestGuard:
         except ServiceError as error:
             if b"expect" not in headers:  # `Expect: 100-continue` clients read the answer first
                 await discard_body(receive, declared)
+            if error.code == "overloaded" and self.refusal_delay_s:
+                await asyncio.sleep(min(self.refusal_delay_s, error.retry_after or 1))
             await rejected(error)(scope, receive, send)
             return
 

@@ -3,6 +3,7 @@ it, chosen once (by the client key when there is one), and hands that choice to 
 full queue is refused with 503 before the body is read. The pipeline is a stand-in: this tests
 the guard's logic only (the real service: tests/integration)."""
 
+import time
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
@@ -30,7 +31,9 @@ class StandInPipeline:
         return Chosen(variant)
 
 
-def guarded_app(pipeline: StandInPipeline, client_key_header: str = "X-Client-Key") -> FastAPI:
+def guarded_app(
+    pipeline: StandInPipeline, client_key_header: str = "X-Client-Key", refusal_delay_s: float = 0
+) -> FastAPI:
     app = FastAPI()
     install_error_handlers(app)
     app.add_middleware(
@@ -38,6 +41,7 @@ def guarded_app(pipeline: StandInPipeline, client_key_header: str = "X-Client-Ke
         pipeline_getter=lambda: pipeline,
         max_body_bytes={"/classify": 1000, "/classify_batch": 1000},
         client_key_header=client_key_header,
+        refusal_delay_s=refusal_delay_s,
     )
 
     @app.post("/classify")
@@ -73,3 +77,23 @@ def test_a_full_variant_is_refused_at_once_and_the_other_still_serves():
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert refused.json()["error"]["code"] == "overloaded"
     assert client.post("/classify", content=b"x" * 10).json() == {"variant": "main"}
+
+
+def test_an_overload_refusal_is_held_so_a_retry_storm_cannot_spin_the_server():
+    """Issue 16: clients that retry at once on a 503 made refusals as fast as the event loop
+    could answer them, and it had no time left for the model. Held, they wait; other refusals
+    (a body over the limit) are not."""
+    pipeline = StandInPipeline(full={"main"})
+    held = TestClient(guarded_app(pipeline, refusal_delay_s=0.3))
+    started = time.perf_counter()
+    refused = held.post("/classify", content=b"x" * 10)
+    assert time.perf_counter() - started >= 0.3
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "overloaded"
+    started = time.perf_counter()
+    assert TestClient(guarded_app(pipeline)).post("/classify", content=b"x").status_code == 503
+    assert time.perf_counter() - started < 0.3
+    pipeline.full.clear()
+    started = time.perf_counter()
+    too_big = held.post("/classify", content=b"x" * 2000)
+    assert too_big.status_code == 413 and time.perf_counter() - started < 0.3

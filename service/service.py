@@ -27,8 +27,8 @@ from .api.answers import BatchClassification, Classification, FeedbackAnswer
 from .api.auth import caller
 from .api.feedback import FeedbackIn, record_feedback
 from .api.guards import MULTIPART_OVERHEAD, RequestGuard, install_error_handlers, request_id_of
+from .api.inputs import check_batch_size, check_top_k, read_file, read_upload
 from .api.routes import ToTheRoutes
-from .errors import ServiceError
 from .modelops.jobs import ModelOps
 from .serving.live_stats import LIVE
 from .serving.pipeline import ClassificationPipeline
@@ -57,37 +57,6 @@ TopK = Annotated[int, Form(description=f"How many classes to return, 1-{limits.m
 
 
 IN_PROCESS = "in-process"  # labelled_by of feedback given by a caller in the same process
-
-
-def check_size(size: int | None, field: str) -> None:
-    if size is not None and size > limits.max_upload_bytes:
-        raise ServiceError(
-            "payload_too_large", f"{field} is {size} bytes; the limit is {limits.max_upload_bytes}"
-        )
-
-
-async def read_upload(upload: UploadFile, field: str) -> bytes:
-    check_size(upload.size, field)
-    return await upload.read()
-
-
-def read_file(path: Path, field: str) -> bytes:
-    check_size(path.stat().st_size, field)
-    return path.read_bytes()
-
-
-def check_batch_size(count: int) -> None:
-    if count > limits.max_batch_images:
-        raise ServiceError(
-            "too_many_images",
-            f"{count} images sent; the limit is {limits.max_batch_images} per request",
-        )
-
-
-def check_top_k(top_k: int) -> int:
-    if not 1 <= top_k <= limits.max_top_k:
-        raise ServiceError("invalid_top_k", f"top_k must be 1-{limits.max_top_k}, got {top_k}")
-    return top_k
 
 
 @bentoml.service(

@@ -152,6 +152,9 @@ def import_model(
     with bentoml.models.create(tag, labels={"kind": KIND}, metadata=metadata) as model:
         shutil.copyfile(weights, model.path_of(WEIGHTS))
         Path(model.path_of(LABELS)).write_text("\n".join(labels) + "\n")
+    # BentoML leaves the model's folder 0700 (a temporary folder moved into the store), and a
+    # Bento carries it so: a service running as another user could not read its model.
+    Path(bentoml.models.get(model.tag).path).chmod(0o755)
     return str(model.tag)
 
 

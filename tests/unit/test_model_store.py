@@ -62,6 +62,7 @@ def test_an_imported_model_serves_from_its_tag(store, files):
         "pets", ARCHITECTURE, files["weights"], files["labels"], "v1", mean=(120.0, 110.0, 100.0)
     )
     assert tag == "pets:v1"
+    assert (store._path / "pets/v1").stat().st_mode & 0o777 == 0o755  # others may read it
     model = ModelSettings(tag="pets:latest")
     assert model.tag == "pets:v1"  # latest, pinned to what it was when the settings were read
     assert (model.architecture, model.name, model.version) == (ARCHITECTURE, "pets", "v1")

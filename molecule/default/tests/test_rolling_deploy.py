@@ -38,14 +38,37 @@ class ClientLoad:
             thread.join()
 
 
+# The embedded model's own weights, imported into BentoML's model store under a tag whose version
+# the answers carry: the release ships its model inside the Bento, and answers stay the same.
+STORED_MODEL = "efficientnet-lite0-imagenet:2"
+
+
 @pytest.fixture(scope="module")
 def bento_file(tmp_path_factory) -> Path:
-    """The service packed by `bentoml build` and `bentoml export`, as a user ships a release."""
+    """The service and a stored model packed by `bentoml build` and `bentoml export`, as a user
+    ships a release."""
     home = tmp_path_factory.mktemp("bentoml-home")
     out = tmp_path_factory.mktemp("bento") / "bento-fleet-classifier.bento"
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
-    bentoml = str(REPO / ".venv/bin/bentoml")
-    subprocess.run([bentoml, "build"], cwd=REPO, env=env, check=True, capture_output=True)
+    python, bentoml = str(REPO / ".venv/bin/python"), str(REPO / ".venv/bin/bentoml")
+    weights = subprocess.run(
+        [python, "-c", "from service.serving.model import default_weights_path as w; print(w())"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    name, version = STORED_MODEL.split(":")
+    model = ["--version", version, "--architecture", "efficientnet_lite0", "--weights", weights]
+    subprocess.run(
+        [python, "-m", "service.cli", "model", "import", name, *model],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    tagged = {**env, "BENTO_FLEET_MODEL__TAG": STORED_MODEL}
+    subprocess.run([bentoml, "build"], cwd=REPO, env=tagged, check=True, capture_output=True)
     subprocess.run(
         [bentoml, "export", "bento-fleet-classifier:latest", str(out)],
         env=env,
@@ -68,10 +91,24 @@ def test_a_rolling_deploy_under_load_fails_no_request(bento_file):
     with ClientLoad() as load:
         result = deploy(
             bento_service_bento_file=str(bento_file),
-            bento_service_settings={"model": {"version": "2"}, "batching": {"calibrate": False}},
+            bento_service_settings={
+                "model": {"tag": STORED_MODEL},
+                "batching": {"calibrate": False},
+            },
+            # The model travels in the Bento, alone: the scenario's inventory ships weights
+            # beside the release, which the role's preflight refuses together with a tag.
+            bento_service_model_weights_file="",
+            bento_service_model_weights_sha256="",
         )
-    assert result.returncode == 0, result.stdout[-4000:]
-    assert versions() == ["2", "2"]
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    assert versions() == ["2", "2"]  # the stored model's version
+    for app in apps:  # served from the model store inside the release, not from any other
+        card = service_get(app, "/model")
+        assert card["tag"] == STORED_MODEL
+        release = app.file("/opt/bento-fleet/current").linked_to
+        assert (
+            card["weights_path"] == f"{release}/models/{STORED_MODEL.replace(':', '/')}/weights.pt"
+        )
     failures = [r for r in load.results if r != 200]
     assert len(load.results) > 20 and failures == [], failures[:10]
     for app in apps:  # the Bento reused the venv of the same pins: no second torch install

@@ -15,7 +15,7 @@ MOLECULE_SCENARIOS ?= default
 export BENTO_FLEET_WHEELHOUSE ?= /var/cache/bento-fleet/molecule/wheelhouse
 
 .PHONY: venv serve build image test check test-deps lint unit integration test-gpu podman-host \
-	container-base molecule-host molecule molecule-bare bench bench-profile clean
+	container-base molecule-host molecule molecule-bare bench bench-burst bench-profile clean
 
 # The venv is rebuilt only when the pinned requirements change.
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
@@ -105,6 +105,10 @@ test:
 
 bench: venv
 	$(BIN)/python bench/benchmark.py
+
+# Photo clients beside a burst of 40-megapixel PNGs (bench/benchmark.py, section 4).
+bench-burst: venv
+	$(BIN)/python bench/benchmark.py --burst --duration 15
 
 # Where the server's CPU goes under 16 clients (py-spy; root or ptrace rights).
 bench-profile: venv

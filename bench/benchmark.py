@@ -27,6 +27,15 @@
    GPU host's cores, it is what caps that host. The load generator's own CPU is reported
    beside it (it shares this machine's cores).
 
+4. `--burst` (`make bench-burst`), on its own: a decompression-heavy burst against ordinary
+   clients. `--burst-clients` clients (default 4) send batches of eight 40-megapixel PNGs of
+   one colour (130 KB each on the wire, half a second each to decode here), honouring
+   Retry-After, while 4 clients send the usual photos. Each round runs the photo clients alone,
+   then with the burst; the table compares their p50/p99 and throughput, and gives the
+   worker's peak memory (sampled every 0.1 s) against its memory before the burst.
+   `--server-tree PATH` serves another checkout (e.g. a `git worktree` of an older commit) to
+   compare with.
+
 Speed is reported as medians and ratios measured in this one run: these machines are shared
 and absolute numbers drift by tens of percent from one run to the next.
 """
@@ -36,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import io
 import json
 import os
 import platform
@@ -45,6 +55,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -67,6 +78,7 @@ MAX_LATENCY_MS = 2000  # batching.max_latency_ms's default: the longest queue wa
 # Twice batching.max_queue_size's default (64): 64 clients with one request each fit the queue
 # and are never refused, so a storm of 64 would not be one.
 STORM_CLIENTS = 128
+DEFAULT_OUTPUT = str(RESULTS / "benchmark.json")
 
 
 def uploads() -> list[bytes]:
@@ -213,7 +225,7 @@ async def closed_loop(
 class Server:
     """One `bentoml serve` for the whole run, and what it costs."""
 
-    def __init__(self, batching: bool = True, compile_mode: str = "none"):
+    def __init__(self, batching: bool = True, compile_mode: str = "none", tree: Path = REPO):
         self.batching, self.compile = batching, compile_mode
         self.name = f"{compile_mode}, batching {'on' if batching else 'off'}"
         env = {
@@ -221,7 +233,7 @@ class Server:
             "BENTO_FLEET_COMPILE": compile_mode,
         }
         state = Path(tempfile.mkdtemp(prefix="bento-fleet-bench-"))
-        self.process = ServiceProcess(state, env)
+        self.process = ServiceProcess(state, env, cwd=tree)
 
     def start(self) -> Server:
         # A compiled model compiles every batch shape before it is ready: minutes, cold.
@@ -440,6 +452,208 @@ def refusal_cost(storm: dict, calm: dict) -> float | None:
     return max(0.0, storm["server_cpu_s"] * 1000 - answered_ms) / refused
 
 
+# -- 4. a decompression-heavy burst ----------------------------------------------------
+BURST_IMAGES = 8  # 40-MP PNGs per burst request
+NORMAL_CLIENTS = 4
+
+
+def heavy_png() -> bytes:
+    """40 megapixels of one colour, 8-bit RGB: about 130 KB on the wire."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8000, 5000), (200, 120, 40)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+async def heavy_clients(url: str, image: bytes, clients: int, seconds: float) -> dict:
+    """Clients that send batches of heavy images back to back, honouring Retry-After."""
+    statuses: dict[str, int] = collections.Counter()
+    stop_at = time.perf_counter() + seconds
+    timeout = aiohttp.ClientTimeout(total=300)
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while time.perf_counter() < stop_at:
+            form = aiohttp.FormData()
+            for index in range(BURST_IMAGES):
+                form.add_field("images", image, filename=f"{index}.png")
+            async with session.post(url + "/classify_batch", data=form) as response:
+                await response.read()
+                statuses[str(response.status)] += 1
+                if response.status == 503:
+                    await asyncio.sleep(min(1.0, float(response.headers.get("Retry-After", 1))))
+
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await asyncio.gather(*(client(session) for _ in range(clients)))
+    return {"statuses": dict(statuses), "images_answered": statuses["200"] * BURST_IMAGES}
+
+
+class PeakMemory:
+    """The worker's resident memory, sampled every 0.1 s while in the block."""
+
+    def __init__(self, pid: int):
+        self.process = psutil.Process(pid)
+        self.before_mb = self.process.memory_info().rss / 2**20
+        self.peak_mb = self.before_mb
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            self.peak_mb = max(self.peak_mb, self.process.memory_info().rss / 2**20)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measure_burst(
+    server: Server, images: list[bytes], heavy: bytes | None, clients: int, seconds: float
+) -> dict:
+    """The photo clients for `seconds`, alone (heavy None) or beside the heavy clients."""
+
+    async def both() -> tuple[dict, dict | None]:
+        normal = closed_loop(server.url, images, NORMAL_CLIENTS, seconds)
+        if heavy is None:
+            return await normal, None
+        return tuple(
+            await asyncio.gather(normal, heavy_clients(server.url, heavy, clients, seconds))
+        )
+
+    own_before = cpu_seconds()
+    with PeakMemory(server.worker_pid()) as memory:
+        normal, burst = asyncio.run(both())
+    return {
+        "burst": heavy is not None,
+        "normal": normal,
+        "heavy": burst,
+        "worker_rss_before_mb": round(memory.before_mb),
+        "worker_rss_peak_mb": round(memory.peak_mb),
+        "load_generator_cores": (cpu_seconds() - own_before) / normal["seconds"],
+    }
+
+
+def run_burst(args: argparse.Namespace, images: list[bytes]) -> None:
+    heavy = heavy_png()
+    server = Server(tree=Path(args.server_tree)).start()
+    runs = []
+    try:
+        for round_number in range(1, args.rounds + 1):
+            for with_burst in (False, True):
+                run = measure_burst(
+                    server,
+                    images,
+                    heavy if with_burst else None,
+                    args.burst_clients,
+                    args.duration,
+                )
+                run["round"] = round_number
+                runs.append(run)
+                normal = run["normal"]
+                print(
+                    f"  round {round_number} {'burst' if with_burst else 'calm ':>5}: photos "
+                    f"{normal['req_per_s']:6.2f} req/s p50 {normal['p50_ms']:6.0f} ms p99 "
+                    f"{normal['p99_ms']:6.0f} ms {normal['statuses']}; heavy "
+                    f"{(run['heavy'] or {}).get('statuses', '-')}; worker RSS "
+                    f"{run['worker_rss_before_mb']} -> {run['worker_rss_peak_mb']} MB",
+                    flush=True,
+                )
+    finally:
+        server.stop()
+
+    report = burst_report(
+        runs,
+        burst_clients=args.burst_clients,
+        server_tree=str(Path(args.server_tree).resolve()),
+        duration=args.duration,
+        heavy_bytes=len(heavy),
+    )
+    output = Path(args.output if args.output != DEFAULT_OUTPUT else RESULTS / "burst.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2))
+    print()
+    print(burst_table(report))
+    print(f"wrote {output}")
+
+
+def burst_report(
+    runs: list[dict], burst_clients: int, server_tree: str, duration: float, heavy_bytes: int
+) -> dict:
+    """Medians with their spread over the rounds, alone and beside the burst, and the runs."""
+
+    def median(burst: bool, key) -> dict:
+        return spread([key(r) for r in runs if r["burst"] == burst])
+
+    summary = {
+        burst: {
+            "photo_req_per_s": median(burst, lambda r: r["normal"]["req_per_s"]),
+            "photo_p50_ms": median(burst, lambda r: r["normal"]["p50_ms"]),
+            "photo_p99_ms": median(burst, lambda r: r["normal"]["p99_ms"]),
+            # Peak, not growth: memory the allocator took in one round stays with the process.
+            "worker_rss_peak_mb": median(burst, lambda r: r["worker_rss_peak_mb"]),
+            "load_generator_cores": median(burst, lambda r: r["load_generator_cores"]),
+        }
+        for burst in (False, True)
+    }
+    heavy_statuses: collections.Counter[str] = collections.Counter()
+    for run in runs:
+        heavy_statuses.update((run["heavy"] or {}).get("statuses", {}))
+    calm, burst = summary[False], summary[True]
+    return {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "date": time.strftime("%Y-%m-%d"),
+        "server_tree": server_tree,
+        "duration_per_run_s": duration,
+        "rounds": max(r["round"] for r in runs),
+        "photo_clients": NORMAL_CLIENTS,
+        "burst_clients": burst_clients,
+        "burst_request": f"{BURST_IMAGES} PNGs of 8000x5000, one colour, {heavy_bytes} bytes each",
+        "worker_rss_at_start_mb": runs[0]["worker_rss_before_mb"],
+        "calm": calm,
+        "during_burst": burst,
+        "heavy_statuses": dict(heavy_statuses),
+        "photo_p99_during_burst_vs_calm": round(
+            burst["photo_p99_ms"]["median"] / calm["photo_p99_ms"]["median"], 2
+        ),
+        "photo_throughput_during_burst_vs_calm": round(
+            burst["photo_req_per_s"]["median"] / calm["photo_req_per_s"]["median"], 2
+        ),
+        "runs": runs,
+    }
+
+
+def burst_table(report: dict) -> str:
+    def cell(value: dict, fmt: str = ".0f") -> str:
+        return f"{value['median']:{fmt}} ({value['min']:{fmt}}-{value['max']:{fmt}})"
+
+    lines = [
+        f"| photos ({report['photo_clients']} clients) | req/s | p50 ms | p99 ms "
+        "| worker peak RSS MB | load gen. cores |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    rows = (
+        ("alone", report["calm"]),
+        (f"beside {report['burst_clients']} burst clients", report["during_burst"]),
+    )
+    for name, row in rows:
+        lines.append(
+            f"| {name} | {cell(row['photo_req_per_s'], '.1f')} | {cell(row['photo_p50_ms'])} "
+            f"| {cell(row['photo_p99_ms'])} | {cell(row['worker_rss_peak_mb'])} "
+            f"| {row['load_generator_cores']['median']:.2f} |"
+        )
+    lines.append(
+        f"\nworker RSS at start {report['worker_rss_at_start_mb']} MB; burst requests: "
+        f"{report['heavy_statuses']}; photo p99 during the burst / alone: "
+        f"{report['photo_p99_during_burst_vs_calm']}; throughput "
+        f"{report['photo_throughput_during_burst_vs_calm']}"
+    )
+    return "\n".join(lines)
+
+
 # -- the profile ------------------------------------------------------------------------
 # Stacks that end here are threads waiting (py-spy samples a thread blocked in C inside them as
 # busy): for work, for a lock, for the next flush; the event loop idle (or in uvloop's C code).
@@ -559,8 +773,13 @@ def main() -> None:
     parser.add_argument(
         "--compile", default="none,inductor", help="compile settings to serve, batching on"
     )
+    parser.add_argument(
+        "--burst", action="store_true", help="only the decompression-heavy burst (section 4)"
+    )
+    parser.add_argument("--burst-clients", type=int, default=4)
+    parser.add_argument("--server-tree", default=str(REPO), help="the checkout to serve")
     parser.add_argument("--ceiling-only", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--output", default=str(RESULTS / "benchmark.json"))
+    parser.add_argument("--output", default=DEFAULT_OUTPUT)
     args = parser.parse_args()
     levels = [int(level) for level in args.levels.split(",")]
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
@@ -572,6 +791,9 @@ def main() -> None:
         return
     if args.profile:
         profile(images, args.profile, args.profile_clients, backoff=not args.profile_storm)
+        return
+    if args.burst:
+        run_burst(args, images)
         return
     ceilings = {}
     for mode in compile_modes:

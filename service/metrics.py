@@ -38,6 +38,13 @@ QUEUE_DEPTH = Gauge(
     namespace=NAMESPACE,
     multiprocess_mode="livesum",
 )
+DECODE_BACKLOG_SECONDS = Gauge(
+    "decode_backlog_seconds",
+    "Estimated seconds of admitted images waiting or being decoded, per decode lane",
+    ["lane"],
+    namespace=NAMESPACE,
+    multiprocess_mode="livesum",
+)
 QUEUE_CAPACITY = Gauge(
     "queue_capacity",
     "Images the batcher admits at most (batching.max_queue_size); depth / capacity is saturation",

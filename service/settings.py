@@ -145,6 +145,13 @@ class LimitSettings(BaseModel):
         description="Width x height of an image with more than 8 bits per sample (16-bit PNG or "
         "TIFF, 32-bit TIFF): such a pixel costs several times an 8-bit one to decode",
     )
+    heavy_decode_ms: float = Field(
+        100.0,
+        gt=0,
+        description="An image whose decode is estimated (from its header) to take longer, or "
+        "that holds more than a quarter of max_pixels, is decoded in the heavy lane: one thread "
+        "per worker, so a burst of such images never takes the threads ordinary photos need",
+    )
     max_batch_images: int = Field(64, ge=1, le=1024)
     max_top_k: int = Field(20, ge=1)
     default_top_k: int = Field(5, ge=1)

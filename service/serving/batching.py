@@ -14,6 +14,8 @@ A request's images count from the moment it is admitted, not from the moment the
 arrive: `reserve` holds their places while they decode (decoding a large batch takes longer
 than the model does), and `submit(..., reserved=True)` turns the places into queue entries
 without asking again, so a request admitted before its decode is never refused after it.
+Images the decode pool sends to its heavy lane are the exception: they are submitted the same
+way but hold no place while they decode (decoding.py says why).
 """
 
 from __future__ import annotations

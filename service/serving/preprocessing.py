@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -42,13 +42,19 @@ class Preprocessor:
         image, info = self.decode(data)
         return self.to_tensor(image), info
 
-    def decode(self, data: bytes, statistics: bool = True) -> tuple[Image.Image, DecodedInfo]:
+    def open(self, data: bytes) -> OpenedImage:
+        """Read and check the header only (see open_image): what the decode will cost is known
+        before it is paid."""
+        return open_image(data, self.max_pixels, self.resize_size, self.max_pixels_high_depth)
+
+    def decode(
+        self, data: bytes | OpenedImage, statistics: bool = True
+    ) -> tuple[Image.Image, DecodedInfo]:
         """Decode + describe: the input statistics drift detection compares come from here
         (when `statistics`: they cost more than the decode of a small photo)."""
-        image, info = decode_image(
-            data, self.max_pixels, self.resize_size, self.max_pixels_high_depth
-        )
-        return image, replace(info, stats=image_statistics(image) if statistics else None)
+        opened = data if isinstance(data, OpenedImage) else self.open(data)
+        image = load_image(opened)
+        return image, replace(opened.info, stats=image_statistics(image) if statistics else None)
 
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
         """The model's input pixels, 3 x input_size x input_size uint8: the image resized so
@@ -125,13 +131,26 @@ def image_statistics(image: Image.Image) -> ImageStatistics:
     )
 
 
-def decode_image(
+@dataclass(frozen=True)
+class OpenedImage:
+    """An upload whose header was read and checked, nothing decoded yet: what the decode will
+    produce (`decoded_pixels`: a JPEG is decoded at a reduced scale when that still covers the
+    model's resize) and at what bit depth, so its cost can be estimated first."""
+
+    image: Image.Image = field(repr=False)
+    info: DecodedInfo
+    data: bytes = field(repr=False)
+    decoded_pixels: int
+    high_depth: bool
+
+
+def open_image(
     data: bytes,
     max_pixels: int,
     draft_size: int | None = None,
     max_pixels_high_depth: int | None = None,
-) -> tuple[Image.Image, DecodedInfo]:
-    """Decode one upload to an 8-bit RGB image with EXIF orientation applied."""
+) -> OpenedImage:
+    """Read one upload's header and refuse what cannot or must not be decoded."""
     if not data:
         raise ServiceError("empty_body", "the image is empty (0 bytes)")
     try:
@@ -165,7 +184,8 @@ def decode_image(
             "too_many_pixels",
             f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
         )
-    if max_pixels_high_depth and width * height > max_pixels_high_depth and _high_depth(image):
+    high_depth = _high_depth(image)
+    if max_pixels_high_depth and width * height > max_pixels_high_depth and high_depth:
         # A 16-bit PNG of 40 MP: 89 KB on the wire, about 1 GB of memory and 3 s to decode.
         raise ServiceError(
             "too_many_pixels",
@@ -173,19 +193,38 @@ def decode_image(
             f"sample; the limit for such images is {max_pixels_high_depth}",
         )
     info = DecodedInfo(width, height, "JPEG" if image.format == "MPO" else image.format, len(data))
+    decoded_pixels = width * height
+    if draft_size and info.format == "JPEG":
+        # Let libjpeg decode at a reduced scale (never below draft_size): a large photo
+        # costs a fraction of a full decode and we resize it down anyway.
+        image.draft("RGB", (draft_size, draft_size))
+        decoded_pixels = image.size[0] * image.size[1]
+    return OpenedImage(image, info, data, decoded_pixels, high_depth)
+
+
+def load_image(opened: OpenedImage) -> Image.Image:
+    """Decode an opened upload to an 8-bit RGB image with EXIF orientation applied."""
+    image, info = opened.image, opened.info
     try:
-        if draft_size and image.format in ("JPEG", "MPO"):
-            # Let libjpeg decode at a reduced scale (never below draft_size): a large photo
-            # costs a fraction of a full decode and we resize it down anyway.
-            image.draft("RGB", (draft_size, draft_size))
         image.seek(0)  # GIF / multi-page TIFF: the first frame
         image.load()
         image = ImageOps.exif_transpose(image)
-        return to_rgb(image), info
+        return to_rgb(image)
     except ServiceError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise _undecodable(data, f"{info.format} image", exc) from exc
+        raise _undecodable(opened.data, f"{info.format} image", exc) from exc
+
+
+def decode_image(
+    data: bytes,
+    max_pixels: int,
+    draft_size: int | None = None,
+    max_pixels_high_depth: int | None = None,
+) -> tuple[Image.Image, DecodedInfo]:
+    """Decode one upload to an 8-bit RGB image with EXIF orientation applied."""
+    opened = open_image(data, max_pixels, draft_size, max_pixels_high_depth)
+    return load_image(opened), opened.info
 
 
 def _high_depth(image: Image.Image) -> bool:

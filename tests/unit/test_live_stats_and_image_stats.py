@@ -46,9 +46,10 @@ def test_statistics_are_computed_for_the_configured_share_of_images():
     preprocessor = Preprocessor(32, 32, LITE_MEAN, LITE_STD, 40_000_000)
 
     def with_statistics(share: float) -> int:
-        pool = DecodePool(threads=2, statistics_share=share)
+        pool = DecodePool(statistics_share=share)
         try:
-            decoded = asyncio.run(pool.decode(data, [preprocessor]))
+            admitted = pool.admit(pool.open(data, preprocessor), max_latency_s=60.0)
+            decoded = asyncio.run(pool.decode(admitted, [preprocessor]))
         finally:
             pool.close()
         assert len(decoded) == len(data)  # every image is answered either way

@@ -3,6 +3,7 @@
 import json
 import shlex
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -85,3 +86,29 @@ def wait_for(predicate, timeout: float, interval: float = 2.0):
         if result or time.monotonic() > deadline:
             return result
         time.sleep(interval)
+
+
+class ClientLoad:
+    """Two clients sending classifications through the gateway until stopped."""
+
+    def __init__(self, clients: int = 2):
+        self.results: list[int | str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.results.append(classify(timeout=60).status_code)
+            except Exception as error:  # noqa: BLE001 - a dropped connection is a failed request too
+                self.results.append(repr(error))
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()

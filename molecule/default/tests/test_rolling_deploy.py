@@ -4,39 +4,11 @@ release stops at the first host, which goes back to the release it served, and t
 import json
 import os
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
-from fleet import REPO, apps, classify, gateway, service_get
+from fleet import REPO, ClientLoad, apps, classify, gateway, service_get
 from playbook_runner import run_playbook
-
-
-class ClientLoad:
-    """Two clients sending classifications through the gateway until stopped."""
-
-    def __init__(self, clients: int = 2):
-        self.results: list[int | str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
-
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                self.results.append(classify(timeout=60).status_code)
-            except Exception as error:  # noqa: BLE001 - a dropped connection is a failed request too
-                self.results.append(repr(error))
-
-    def __enter__(self):
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
 
 # The embedded model's own weights, imported into BentoML's model store under a tag whose version
 # the answers carry: the release ships its model inside the Bento, and answers stay the same.

@@ -110,7 +110,7 @@ class ImageClassifier:
         variant, (result,) = await self.pipeline.classify(
             [data], check_top_k(top_k), request_id, started
         )
-        return Classification(**result, **model_fields(variant), request_id=request_id)
+        return Classification(**classification(variant, result, request_id))
 
     @bentoml.api(route="/classify_batch")
     async def classify_batch(self, images: list[Path], top_k: int = 5) -> BatchClassification:
@@ -121,7 +121,7 @@ class ImageClassifier:
         variant, results = await self.pipeline.classify(
             data, check_top_k(top_k), request_id, started
         )
-        return BatchClassification(results=results, **model_fields(variant), request_id=request_id)
+        return BatchClassification(**batch_classification(variant, results, request_id))
 
     @bentoml.api(route="/feedback", input_spec=FeedbackIn)
     async def feedback(self, **given) -> FeedbackAnswer:
@@ -139,7 +139,7 @@ class ImageClassifier:
     @bentoml.api(route="/stats")
     def stats(self) -> dict:
         """This worker's live numbers, accuracy and drift verdicts."""
-        return {**LIVE.snapshot(), **self.ops.summary(), "ready": self.pipeline.ready}
+        return live_stats(self.pipeline, self.ops.summary())
 
 
 # The stored models the settings serve (model.tag) travel inside the Bento `bentoml build` packs.
@@ -157,7 +157,7 @@ async def classify(request: Request, response: Response, image: ImageFile, top_k
         [data], check_top_k(top_k), request_id, started, **routing(request)
     )
     response.headers["X-Request-ID"] = request_id
-    return {**result, **model_fields(variant), "request_id": request_id}
+    return classification(variant, result, request_id)
 
 
 @app.post("/classify_batch", summary="Classify several images; results in input order")
@@ -171,7 +171,7 @@ async def classify_batch(
         data, check_top_k(top_k), request_id, started, **routing(request)
     )
     response.headers["X-Request-ID"] = request_id
-    return {"results": results, **model_fields(variant), "request_id": request_id}
+    return batch_classification(variant, results, request_id)
 
 
 # GET for browsers and curl; POST too for BentoML's clients, which post to every endpoint (its
@@ -196,8 +196,7 @@ async def feedback(given: FeedbackIn, request: Request) -> dict:
 @app.get("/stats", summary="This worker's live numbers, accuracy and drift verdicts")
 @app.post("/stats", include_in_schema=False)
 async def stats() -> dict:
-    summary = await asyncio.to_thread(app.state.ops.summary)
-    return {**LIVE.snapshot(), **summary, "ready": app.state.pipeline.ready}
+    return live_stats(app.state.pipeline, await asyncio.to_thread(app.state.ops.summary))
 
 
 def routing(request: Request) -> dict:
@@ -208,5 +207,19 @@ def routing(request: Request) -> dict:
     }
 
 
+# The answers, one shape for the BentoML API methods (their typed models, service/api/answers.py)
+# and the routes.
+def classification(variant, result: dict, request_id: str) -> dict:
+    return {**result, **model_fields(variant), "request_id": request_id}
+
+
+def batch_classification(variant, results: list[dict], request_id: str) -> dict:
+    return {"results": results, **model_fields(variant), "request_id": request_id}
+
+
 def model_fields(variant) -> dict:
     return {"model": variant.classifier.card_summary(), "variant": variant.name}
+
+
+def live_stats(pipeline, ops_summary: dict) -> dict:
+    return {**LIVE.snapshot(), **ops_summary, "ready": pipeline.ready}

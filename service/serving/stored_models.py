@@ -18,6 +18,7 @@ block ends without an error.
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 from pathlib import Path
@@ -160,18 +161,25 @@ def import_model(
 
 def stored_model(tag: str):
     """The model from BentoML's model store; from the Bento's own when this code runs from an
-    unpacked Bento (the bento_service role serves one by import path, and the `bento-fleet` CLI
-    runs its code), which it makes BentoML's store, as BentoML's loader does when it serves a
-    Bento: the model found here is then the one BentoML resolves before serving."""
+    unpacked Bento (see use_the_bentos_store)."""
     import bentoml
 
+    use_the_bentos_store()
+    return bentoml.models.get(tag)
+
+
+@functools.cache
+def use_the_bentos_store() -> None:
+    """When this code runs from an unpacked Bento (the bento_service role serves one by import
+    path, and the `bento-fleet` CLI runs its code), make the Bento's own `models/` BentoML's
+    store, as BentoML's loader does when it serves a Bento: the model found there is then the
+    one BentoML resolves before serving. Once per process: the store is BentoML's global."""
     bento = Path(__file__).resolve().parents[3]  # <bento>/src/service/serving/this file
     if (bento / "bento.yaml").is_file() and (bento / "models").is_dir():
         from bentoml._internal.configuration.containers import BentoMLContainer
         from bentoml._internal.models import ModelStore
 
         BentoMLContainer.model_store.set(ModelStore(bento / "models"))
-    return bentoml.models.get(tag)
 
 
 def resolve(model: ModelSettings) -> None:

@@ -88,20 +88,38 @@ def wait_for(predicate, timeout: float, interval: float = 2.0):
         time.sleep(interval)
 
 
+def _ok(response: httpx.Response | Exception) -> bool:
+    return isinstance(response, httpx.Response) and response.status_code == 200
+
+
 class ClientLoad:
-    """Two clients sending classifications through the gateway until stopped."""
+    """Clients sending classifications through the gateway until stopped, each answer kept
+    (`responses`; a dropped connection as its exception) and its status in `results`."""
 
     def __init__(self, clients: int = 2):
         self.results: list[int | str] = []
+        self.responses: list[httpx.Response | Exception] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
 
     def _run(self):
         while not self._stop.is_set():
             try:
-                self.results.append(classify(timeout=60).status_code)
+                response = classify(timeout=60)
             except Exception as error:  # noqa: BLE001 - a dropped connection is a failed request too
+                self.responses.append(error)
                 self.results.append(repr(error))
+                continue
+            self.responses.append(response)
+            self.results.append(response.status_code)
+
+    def answered(self) -> list[httpx.Response]:
+        return [r for r in self.responses if isinstance(r, httpx.Response) and r.status_code == 200]
+
+    def refused(self) -> list[httpx.Response | Exception]:
+        return [
+            r for r in self.responses if not isinstance(r, httpx.Response) or r.status_code != 200
+        ]
 
     def __enter__(self):
         for thread in self._threads:

@@ -205,18 +205,23 @@ def test_bentomls_own_client_works_through_the_gateway():
     assert (status, body["error"]["code"]) == (401, "unauthorized")
 
 
+STATUS_LINE = re.compile(r"([0-9]{3}) (\S*)")  # curl's -w: the status and the Retry-After
+
+
 def test_rate_limit_answers_429_with_a_json_body(acme_root):
     # 300 requests, 50 at a time, from one client: far beyond the scenario's 30 r/s, burst 60.
     # Each answer's body, then its status on a line of its own. (Sequential requests after the
     # burst proved nothing: on a slow host they come slower than the rate and are all served.)
     output = client.check_output(
         f"curl -s --cacert {acme_root} --parallel --parallel-max 50 "
-        "-w '\\n%{http_code}\\n' 'https://fleet-gw/livez?n=[1-300]'"
+        "-w '\\n%{http_code} %header{retry-after}\\n' 'https://fleet-gw/livez?n=[1-300]'"
     )
-    codes = [line for line in output.splitlines() if re.fullmatch(r"[0-9]{3}", line)]
+    answers = [m.groups() for line in output.splitlines() if (m := STATUS_LINE.fullmatch(line))]
+    codes = [code for code, _ in answers]
     assert len(codes) == 300 and "200" in codes and "429" in codes, sorted(set(codes))
-    # Every refusal carries the JSON error body.
+    # Every refusal carries the JSON error body, and says when to retry.
     assert output.count('"code": "rate_limited"') == codes.count("429"), output[:2000]
+    assert {retry for code, retry in answers if code == "429"} == {"1"}
 
 
 def test_no_inference_host_answering_gives_a_json_502():
@@ -227,6 +232,7 @@ def test_no_inference_host_answering_gives_a_json_502():
         result = classify()
         assert result.status_code == 502
         assert result.json()["error"]["code"] == "bad_gateway"
+        assert result.headers["retry-after"] == "1"  # nginx_retry_after
     finally:
         gateway.check_output(f"iptables -D {refuse}")
     # Both hosts are marked failed for fail_timeout (10 s), then served again.

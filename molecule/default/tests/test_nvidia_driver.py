@@ -52,6 +52,8 @@ def test_forced_check_mode_on_debians_own_branch_with_a_version_pin():
     )
     assert result.returncode == 0, output[-2000:]
     assert "packages: nvidia-driver=535.247.01-1~deb12u1 nvidia-smi nvidia-persistenced" in output
+    # Held by name (the pin dropped), so that no upgrade replaces them under a running host.
+    assert "held against upgrades: nvidia-driver nvidia-smi nvidia-persistenced" in output
     # The mirror is the one the instance's own apt sources use for bookworm (no role names one).
     mirror = app.check_output(
         'awk \'$1 == "deb" && $3 == "bookworm" {print $2; exit}\' /etc/apt/sources.list'
@@ -82,3 +84,29 @@ def test_a_wrong_setting_fails_early_naming_it(settings, named):
     assert result.returncode != 0
     assert named in " ".join(output.split())
     assert_host_untouched()
+
+
+def test_a_gpu_host_gets_cuda_the_device_nodes_and_a_unit_that_may_open_them():
+    """A host with an NVIDIA GPU on its PCI bus (given here, as extra vars outrank the role's
+    scan) is served on CUDA, with a root oneshot that makes the device nodes before the service
+    and a unit allowed to open them, whether or not the nodes exist yet (check mode)."""
+    gpu = {"nvidia_driver_detected_gpus": ["0000:01:00.0"]}
+    result = run_playbook(
+        "playbooks/inference.yml",
+        "--limit",
+        "fleet-app1",
+        "--tags",
+        "bento_service",
+        "--check",
+        "--diff",
+        "-e",
+        json.dumps(gpu),
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "+device: cuda" in output  # never device: auto, which would fall back to the CPU
+    assert "+DeviceAllow=char-nvidia-uvm rw" in output and "-PrivateDevices=true" in output
+    assert "+After=bento-fleet-nvidia-devices.service" in output
+    assert "/usr/local/libexec/bento-fleet-nvidia-devices" in output
+    assert not app.file("/etc/systemd/system/bento-fleet-nvidia-devices.service").exists
+    assert "device: cuda" not in app.file("/opt/bento-fleet/current/config.yaml").content_string

@@ -9,9 +9,9 @@ Mitogen's `mitogen_podman`). The play's logic is Ansible's own linear strategy.
 mitogen's own copy of this file reaches its package through a path relative to its install
 folder; this one imports it, so the scenario names a folder of the repository instead of a
 site-packages path. Plays that run on the controller itself (`connection: local`: Molecule's
-create and destroy) keep Ansible's own linear strategy: their `async` podman runs never started
-under Mitogen, and the create step waited for instances that did not come. Test infrastructure
-only: real fleets run the stock strategy over SSH."""
+create and destroy) keep Ansible's own linear strategy: their `async` podman runs died under
+Mitogen (started, never finished), and the create step waited for instances that did not come.
+Test infrastructure only: real fleets run the stock strategy over SSH."""
 
 import ansible_mitogen.loaders
 import ansible_mitogen.strategy

@@ -152,7 +152,7 @@ def test_postgresql_down_reaches_the_operators_firing_then_resolved():
     assert notices("BentoFleetPostgresDown", "firing") == []
     database.check_output(f"systemctl stop {unit}")
     try:
-        # pg_up 0 for the rule's 10 s (the scenario's), then group_wait: about 30 s.
+        # pg_up 0 for the scenario's monitoring_alert_postgres_down_for, then group_wait: ~30 s.
         firing = wait_for_notice("BentoFleetPostgresDown", "firing", timeout=300)
         assert firing["labels"]["instance"] == "fleet-db"
         assert firing["labels"]["severity"] == "critical"

@@ -6,6 +6,8 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 # The web page's test: a real browser, headless.
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+# The operator's age key pair in Molecule: backups are encrypted to it (postgresql_backup).
+command -v age-keygen >/dev/null || need+=(age)
 if [ ${#need[@]} -eq 0 ]; then
   echo "test deps: already installed"
   exit 0

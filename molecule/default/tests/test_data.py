@@ -1,15 +1,17 @@
 """The data tier as a user meets it: who can log in, what the firewall lets through, and
 whether the backups really restore."""
 
+import json
 import os
 import re
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from fleet import apps, outsider
+from fleet import apps, monitor, outsider, wait_for
 from fleet import database as db
 from playbook_runner import run_playbook
 
@@ -117,6 +119,34 @@ def test_nightly_backup_timer_is_active():
     assert timer.is_enabled and timer.is_running
 
 
+BACKUPS = "/var/backups/postgresql"
+COPIES = "/srv/backups/postgresql/fleet-db"  # on the backup host (fleet-mon)
+PULL = "bento-fleet-pg-backup-pull.service"
+
+
+def identity() -> Path:
+    """The operator's age identity (molecule/shared/operator_key.yml), on the controller."""
+    ephemeral = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
+    folder = Path(ephemeral) if ephemeral else Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    return folder / "backup_identity"
+
+
+def decrypt(encrypted: bytes, tmp_path: Path) -> bytes:
+    sealed = tmp_path / "dump.age"
+    sealed.write_bytes(encrypted)
+    return subprocess.run(
+        ["age", "--decrypt", "--identity", str(identity()), str(sealed)],
+        check=True,
+        capture_output=True,
+    ).stdout
+
+
+def security_score(host, unit: str) -> float:
+    """systemd's own rating of a unit (`systemd-analyze security`): lower is safer."""
+    exposure = host.check_output(f"systemd-analyze security {unit} --no-pager | tail -1")
+    return float(re.search(rf"level for {re.escape(unit)}: ([0-9.]+)", exposure)[1])
+
+
 @pytest.fixture(scope="module")
 def backup():
     """Puts data in, runs the backup unit once, and returns the newest dump's path."""
@@ -128,60 +158,152 @@ def backup():
     assert created.rc == 0, created.stderr
     run = db.run("systemctl start bento-fleet-pg-backup.service")
     assert run.rc == 0, db.run("journalctl -u bento-fleet-pg-backup.service -n 30").stdout
-    return db.check_output("ls -t /var/backups/postgresql/predictions-*.dump | head -1")
+    return db.check_output(f"ls -t {BACKUPS}/predictions-*.dump.age | head -1")
 
 
-def test_backup_writes_a_checksummed_dump_that_restores(backup):
+def test_backup_keeps_only_an_encrypted_checksummed_dump_that_restores(backup, tmp_path):
     assert db.file(backup).user == "postgres" and db.file(backup).size > 0
     assert db.file(backup).mode == 0o600 and db.file(f"{backup}.sha256").mode == 0o600
-    assert db.run(f"cd /var/backups/postgresql && sha256sum -c {backup}.sha256").rc == 0
+    assert db.run(f"cd {BACKUPS} && sha256sum -c {backup}.sha256").rc == 0
+    # Restore-checked while plain, then kept encrypted: no plain dump is left behind.
     journal = db.check_output("journalctl -u bento-fleet-pg-backup.service -o cat")
     tables = psql(app, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").stdout
-    assert f"restore check: {backup} restores ({int(tables)} tables)" in journal
-    assert db.file("/var/backups/postgresql/last-success").exists
+    assert re.search(
+        rf"restore check: \S+/predictions-\S+[.]dump restores \({int(tables)} tables\)", journal
+    )
+    assert db.run(f"ls {BACKUPS}/*.dump {BACKUPS}/.work").rc != 0
+    sealed = db.file(backup).content
+    assert sealed.startswith(b"age-encryption.org/v1") and b"survives the backup" not in sealed
+    # The operator's identity opens it: a pg_dump archive (custom format's magic).
+    assert decrypt(sealed, tmp_path).startswith(b"PGDMP")
+    assert db.file(f"{BACKUPS}/last-success").exists
 
 
 def test_the_backup_unit_is_sandboxed(backup):
     """systemd's own rating of the unit that ran the backup and its restore check."""
-    exposure = db.check_output(
-        "systemd-analyze security bento-fleet-pg-backup.service --no-pager | tail -1"
+    assert security_score(db, "bento-fleet-pg-backup.service") <= 2.0
+
+
+def test_the_database_role_refuses_a_recipient_that_is_not_an_age_key():
+    for recipients in (["ssh-ed25519 AAAAnot-an-age-key"], []):
+        result = run_playbook(
+            "playbooks/databases.yml",
+            "--tags",
+            "preflight",
+            "-e",
+            json.dumps({"postgresql_backup_age_recipients": recipients}),
+        )
+        output = " ".join((result.stdout + result.stderr).split())
+        assert result.returncode != 0, output[-2000:]
+        assert "postgresql_backup_age_recipients must list the operators' age public keys" in output
+
+
+def test_the_backup_host_pulls_copies_checked_against_their_checksums(backup):
+    run = monitor.run(f"systemctl start {PULL}")
+    journal = monitor.check_output(f"journalctl -u {PULL} -o cat")
+    assert run.rc == 0, journal[-3000:]
+    name = backup.rsplit("/", 1)[1]
+    copy = monitor.file(f"{COPIES}/{name}")
+    assert copy.exists and copy.mode == 0o600 and copy.user == "bento-fleet-backup"
+    assert copy.sha256sum == db.file(backup).sha256sum
+    assert f"pull: fleet-db/{name}: copied, checksum good" in journal
+    assert security_score(monitor, PULL) <= 2.0
+
+
+def test_a_copy_that_does_not_match_its_checksum_fails_the_pull_and_is_not_kept(backup):
+    bad = "predictions-19700101T000000Z.dump.age"
+    db.check_output(
+        f"cd {BACKUPS} && runuser -u postgres -- sh -c "
+        f"'echo not-the-dump > {bad} && echo {'0' * 64}  {bad} > {bad}.sha256'"
     )
-    score = float(re.search(r"level for bento-fleet-pg-backup.service: ([0-9.]+)", exposure)[1])
-    assert score <= 2.0, exposure
+    try:
+        run = monitor.run(f"systemctl start {PULL}")
+        journal = monitor.check_output(f"journalctl -u {PULL} -o cat -n 30")
+        assert run.rc != 0, journal
+        assert f"pull: fleet-db/{bad}: CHECKSUM MISMATCH, copy removed" in journal
+        assert not monitor.file(f"{COPIES}/{bad}").exists
+    finally:
+        db.run(f"rm -f {BACKUPS}/{bad} {BACKUPS}/{bad}.sha256")
+    assert monitor.run(f"systemctl start {PULL}").rc == 0  # and the next run is clean again
+
+
+def test_the_pull_key_reads_and_cannot_write_or_erase(backup):
+    """The backup host's key, as the database host's authorized_keys confines it (rrsync -ro):
+    what a thief of that key could do to the dumps."""
+    key = "/var/lib/bento-fleet-backup/.ssh"
+    ssh = (
+        f"ssh -i {key}/id_ed25519 -o BatchMode=yes -o StrictHostKeyChecking=yes "
+        f"-o UserKnownHostsFile={key}/known_hosts -o ConnectTimeout=10"
+    )
+    target = f"postgres@{address(db)}"
+
+    def as_puller(command: str):
+        # The database host's firewall limits SSH to 6 connections in 30 s from one address
+        # (ufw limit), which this test's and the pulls' connections reach: wait it out, without
+        # trying in between (each refused try starts the 30 s again).
+        result = None
+
+        def answered():
+            nonlocal result
+            result = monitor.run(f"runuser -u bento-fleet-backup -- {command}")
+            return "Connection refused" not in result.stderr
+
+        assert wait_for(answered, timeout=70, interval=32), result.stderr
+        return result
+
+    erase = as_puller(f"{ssh} {target} rm -rf {BACKUPS}")
+    assert erase.rc != 0
+    push = as_puller(f"rsync --rsh={shlex.quote(ssh)} /etc/hostname {target}:")
+    assert push.rc != 0 and "read-only" in push.stderr, push.stderr
+    wipe = as_puller(f"rsync -a --delete --rsh={shlex.quote(ssh)} /var/empty/ {target}:")
+    assert wipe.rc != 0
+    assert db.file(backup).exists and db.file(f"{backup}.sha256").exists
+    # The host key is pinned: another key at the same address is refused, not trusted.
+    spoofed = as_puller(f"{ssh} -o HostKeyAlgorithms=rsa-sha2-512 {target} true")
+    assert spoofed.rc != 0 and "Host key verification failed" in spoofed.stderr
 
 
 def test_restore_check_fails_loudly_on_a_corrupted_dump(backup):
-    broken = "/var/backups/postgresql/corrupt-test.dump"
-    db.check_output(f"install -o postgres -m 0600 {backup} {broken}")
+    broken = f"{BACKUPS}/corrupt-test.dump"
+    db.check_output(f"runuser -u postgres -- pg_dump --format=custom --file={broken} predictions")
+    db.check_output(f"cd {BACKUPS} && sha256sum corrupt-test.dump > {broken}.sha256")
     # Overwrite bytes in the middle of the archive: the data no longer decompresses.
     db.check_output(f"printf 'garbage-garbage-garbage' | dd of={broken} bs=1 seek=400 conv=notrunc")
-    result = db.run(f"runuser -u postgres -- bento-fleet-pg-restore-check {broken}")
-    assert result.rc != 0 and "RESTORE CHECK FAILED" in result.stderr
-
-    db.check_output(f"cp -p {backup}.sha256 {broken}.sha256.orig")
     # A dump that changed after its checksum was written is caught before restoring.
-    db.check_output(
-        f"cd /var/backups/postgresql && sed 's/{backup.split('/')[-1]}/corrupt-test.dump/' "
-        f"{backup}.sha256 > {broken}.sha256 && chown postgres {broken}.sha256"
-    )
     result = db.run(f"runuser -u postgres -- bento-fleet-pg-restore-check {broken}")
     assert result.rc != 0 and "checksum mismatch" in result.stderr
-    db.run(f"rm -f {broken} {broken}.sha256 {broken}.sha256.orig")
+    db.check_output(f"rm {broken}.sha256")
+    result = db.run(f"runuser -u postgres -- bento-fleet-pg-restore-check {broken}")
+    assert result.rc != 0 and "RESTORE CHECK FAILED" in result.stderr
+    db.run(f"rm -f {broken} {broken}.sha256")
 
 
-def test_restore_playbook_refuses_without_confirmation(backup):
+def test_restore_playbook_refuses_without_confirmation_or_identity(backup):
     result = run_playbook("playbooks/restore.yml", "-e", f"restore_dump={backup}")
     assert result.returncode != 0
     assert "restore_confirm=yes" in result.stdout + result.stderr
+    result = run_playbook(
+        "playbooks/restore.yml", "-e", f"restore_dump={backup}", "-e", "restore_confirm=yes"
+    )
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0 and "set restore_identity to the age identity file" in output
 
 
 def test_backup_and_restore_playbooks_bring_back_lost_rows(backup):
     made = run_playbook("playbooks/backup.yml")
     assert made.returncode == 0, made.stdout[-2000:]
-    newest = db.check_output("ls -t /var/backups/postgresql/predictions-*.dump | head -1")
+    newest = db.check_output(f"ls -t {BACKUPS}/predictions-*.dump.age | head -1")
     assert psql(app, "DELETE FROM probe").rc == 0  # the accident
     restored = run_playbook(
-        "playbooks/restore.yml", "-e", f"restore_dump={newest}", "-e", "restore_confirm=yes"
+        "playbooks/restore.yml",
+        "-e",
+        f"restore_dump={newest}",
+        "-e",
+        "restore_confirm=yes",
+        "-e",
+        f"restore_identity={identity()}",
     )
     assert restored.returncode == 0, restored.stdout[-2000:]
     assert psql(app, "SELECT note FROM probe WHERE id = 1").stdout.strip() == "survives the backup"
+    # The identity and the plain dump went with the restore.
+    assert db.run(f"ls -d {BACKUPS}/.restore-*").rc != 0

@@ -3,7 +3,9 @@ TLS, the public API and the page and nothing else, the page working in a real br
 strict policy, rate limiting with JSON answers, JSON for every error Nginx answers itself, and
 nothing but 80/443 (and SSH) open to the world."""
 
+import ipaddress
 import json
+import random
 import re
 import shlex
 import shutil
@@ -22,6 +24,7 @@ from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import WebDriverWait
 
 ROOT = "/tmp/pebble-root.pem"
+SITE = "/etc/nginx/sites-available/bento-fleet.conf"
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +225,58 @@ def test_rate_limit_answers_429_with_a_json_body(acme_root):
     # Every refusal carries the JSON error body, and says when to retry.
     assert output.count('"code": "rate_limited"') == codes.count("429"), output[:2000]
     assert {retry for code, retry in answers if code == "429"} == {"1"}
+
+
+def ipv6_clients() -> list[ipaddress.IPv6Address]:
+    """Every pattern of zero and non-zero groups (so "::" at every place and length Nginx may
+    write it), each twice with other values, and IPv4-mapped addresses."""
+    chance = random.Random(64)
+    clients = []
+    for pattern in range(256):
+        for _ in range(2):
+            groups = [
+                chance.choice([1, 0xF, 0xDB8, chance.randrange(1, 0x10000)]) for _ in range(8)
+            ]
+            groups = [g if pattern >> i & 1 else 0 for i, g in enumerate(groups)]
+            clients.append(ipaddress.IPv6Address(":".join(f"{g:x}" for g in groups)))
+    return clients + [ipaddress.IPv6Address(f"::ffff:192.0.2.{n}") for n in (1, 77)]
+
+
+def test_rate_limits_key_an_ipv6_client_by_its_64():
+    """The key Nginx's limits use ($bento_fleet_client, a map over $remote_addr's text) is the
+    client's /64 by Python's ipaddress, for every way Nginx writes an address: read through a
+    throwaway server on the gateway's loopback that takes the client address from a header
+    (Nginx's own realip module), as if each had connected."""
+    assert gateway.file(SITE).contains(
+        "limit_req_zone $bento_fleet_client zone=bento_fleet_per_client"
+    )
+    probe = "/etc/nginx/conf.d/zz-client-key-probe.conf"
+    server = (
+        "server {\n  listen 127.0.0.1:8099;\n  set_real_ip_from 127.0.0.1;\n"
+        "  real_ip_header X-Real-IP;\n"
+        '  location / { return 200 "$remote_addr $bento_fleet_client\\n"; }\n}\n'
+    )
+    gateway.check_output(
+        f"cat > {probe} <<'EOF'\n{server}EOF\nnginx -t -q && systemctl reload nginx"
+    )
+    try:
+        clients = ipv6_clients()
+        listed = "\n".join(str(c) for c in clients)
+        out = gateway.check_output(
+            f"printf '%s\n' {shlex.quote(listed)} | while read -r a; do "
+            'curl -s --retry 5 --retry-connrefused -H "X-Real-IP: $a" http://127.0.0.1:8099/; done'
+        )
+    finally:
+        gateway.check_output(f"rm -f {probe} && nginx -t -q && systemctl reload nginx")
+    answers = [line.split(" ") for line in out.splitlines()]
+    assert len(answers) == len(clients), out[-2000:]
+    for client_address, (seen, key) in zip(clients, answers, strict=True):
+        assert ipaddress.ip_address(seen) == client_address
+        if "." in seen:  # written as IPv4-mapped or -compatible: the IPv4 address is the key
+            assert key == seen.rsplit(":", 1)[1], (seen, key)
+        else:
+            wanted = ipaddress.IPv6Network((client_address, 64), strict=False)
+            assert ipaddress.IPv6Network(f"{key}::/64") == wanted, (seen, key)
 
 
 def test_no_inference_host_answering_gives_a_json_502():

@@ -29,9 +29,7 @@ from .api.feedback import FeedbackIn, record_feedback
 from .api.guards import MULTIPART_OVERHEAD, RequestGuard, install_error_handlers, request_id_of
 from .api.inputs import check_batch_size, check_top_k, read_file, read_upload
 from .api.routes import ToTheRoutes
-from .modelops.jobs import ModelOps
 from .serving.live_stats import LIVE
-from .serving.pipeline import ClassificationPipeline
 from .settings import get_settings
 from .web import router as web_page
 
@@ -79,6 +77,12 @@ class ImageClassifier:
     through a worker thread. They reach the pipeline through `app.state`."""
 
     def __init__(self) -> None:
+        # Imported here, in the worker, not at the top: torch, torchvision and scipy take half a
+        # minute of a 2-core host's CPU to import, and `bentoml serve`'s own process imports
+        # this module too, only to read the service's definition.
+        from .modelops.jobs import ModelOps
+        from .serving.pipeline import ClassificationPipeline
+
         self.pipeline = ClassificationPipeline(settings)
         app.state.pipeline = self.pipeline
         self.pipeline.start_loading()

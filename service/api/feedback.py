@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import metrics
 from ..errors import ServiceError
-from ..serving.pipeline import ClassificationPipeline
 from ..store.labels import find_request, save_feedback
+
+if TYPE_CHECKING:
+    from ..serving.pipeline import ClassificationPipeline
 
 
 class FeedbackIn(BaseModel):

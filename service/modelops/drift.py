@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 
 import numpy as np
-from scipy import stats
 
 from ..settings import DriftSettings
 
@@ -135,11 +134,15 @@ def class_mix_p_value(reference: Mapping[str, int], current: Mapping[str, int]) 
     counts = counts[:, counts.sum(axis=0) > 0]
     if counts.shape[1] < 2 or (counts.sum(axis=1) == 0).any():
         return 1.0
+    from scipy import stats  # here: 5 s of a worker's start otherwise, for a periodic job
+
     return float(stats.chi2_contingency(counts).pvalue)
 
 
 def compare(reference: Profile, current: Profile, settings: DriftSettings) -> list[FeatureDrift]:
     """One verdict per feature that both profiles have values for."""
+    from scipy import stats  # here: 5 s of a worker's start otherwise, for a periodic job
+
     results = []
     for name in CONTINUOUS_FEATURES:
         expected, actual = reference.values.get(name, []), current.values.get(name, [])

@@ -110,7 +110,10 @@ class VariantSet:
             variant.batch_profile = classifier.profile_batch_sizes([*powers_of_two, largest])
             batcher.max_batch_size = choose_batch_cap(variant.batch_profile)
         else:
-            variant.batch_profile = classifier.profile_batch_sizes([1, largest])
+            # Not calibrating is for a fast start (a rolling deploy): one timed pass at the cap
+            # seeds the estimate, which the batcher's running average corrects from its first
+            # batches; three rounds of two sizes cost a 2-core host several seconds more.
+            variant.batch_profile = classifier.profile_batch_sizes([largest], rounds=1)
         batcher.calibrate(variant.batch_profile[batcher.max_batch_size])
         log.info(
             "variant %s batch profile (ms/image): %s -> max batch %d",

@@ -14,7 +14,9 @@ preload_gateways_lean="prometheus-nginx-exporter"
 # bento_service, and the PostgreSQL client molecule/default's prepare gives them.
 preload_inference="python3 python3-venv python3-pip xz-utils curl postgresql-client"
 preload_inference_lean=""
-preload_databases="postgresql-15 postgresql-client python3-psycopg2 acl"
+# python3-cryptography (community.crypto, the postgresql role's CA) must be here, as on gateways:
+# Mitogen's interpreter, started before a role installs it, does not import it afterwards.
+preload_databases="postgresql-15 postgresql-client python3-psycopg2 python3-cryptography acl"
 preload_databases_lean="prometheus-postgres-exporter"
 preload_monitoring=""
 preload_monitoring_lean="prometheus prometheus-alertmanager"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fleet import apps, monitor, outsider, wait_for
+from fleet import apps, classify, monitor, outsider, wait_for
 from fleet import database as db
 from playbook_runner import run_playbook
 
@@ -23,9 +23,10 @@ def address(host) -> str:
     return host.check_output("hostname -I").split()[0]
 
 
-def psql(host, sql: str, password=PASSWORD, target="fleet-db"):
+def psql(host, sql: str, password=PASSWORD, target="fleet-db", tls=""):
+    """As the app role; `tls` adds libpq settings, e.g. "PGSSLMODE=verify-full"."""
     command = (
-        f"PGPASSWORD={shlex.quote(password)} PGCONNECT_TIMEOUT=5 psql -XAtq "
+        f"{tls} PGPASSWORD={shlex.quote(password)} PGCONNECT_TIMEOUT=5 psql -XAtq "
         f"-h {target} -U bento -d predictions -c {shlex.quote(sql)}"
     )
     return host.run(command)
@@ -46,6 +47,47 @@ def test_app_role_logs_in_from_the_inference_host_with_utf8_utc_read_committed()
     )
     assert result.rc == 0, result.stderr
     assert result.stdout.strip() == "UTF8|UTC|read committed"
+
+
+CA = "/etc/bento-fleet/postgresql-ca.crt"  # on the inference hosts (bento_service)
+
+
+def test_the_app_role_gets_in_over_tls_only():
+    result = psql(app, "SELECT 1", tls="PGSSLMODE=disable")
+    assert result.rc != 0 and "no encryption" in result.stderr, result.stderr
+    hba = db.check_output("grep -E '^host' /etc/postgresql/15/main/pg_hba.conf")
+    app_lines = [line.split() for line in hba.splitlines() if line.split()[2] == "bento"]
+    assert len(app_lines) == 2 and {line[0] for line in app_lines} == {"hostssl"}, hba
+
+
+def test_the_service_verifies_the_databases_certificate_against_the_roles_ca():
+    # What the service's libpq reads from its env file.
+    env = app.check_output("cat /etc/bento-fleet/bento-fleet.env")
+    assert "PGSSLMODE=verify-full" in env and f"PGSSLROOTCERT={CA}" in env
+    for target in (address(db), "fleet-db"):  # the URL's address, and the inventory name
+        result = psql(
+            app, "SELECT 1", target=target, tls=f"PGSSLMODE=verify-full PGSSLROOTCERT={CA}"
+        )
+        assert result.rc == 0, result.stderr
+    # Another CA (the system's public ones) does not vouch for it: no one else can pose as it.
+    public = "PGSSLMODE=verify-full PGSSLROOTCERT=/etc/ssl/certs/ca-certificates.crt"
+    result = psql(app, "SELECT 1", target=address(db), tls=public)
+    assert result.rc != 0 and "certificate verify failed" in result.stderr, result.stderr
+    # The CA's key never leaves the database host, and only root reads it there.
+    assert db.file("/etc/postgresql/bento-fleet-tls/ca.key").mode == 0o600
+    assert db.file("/etc/postgresql/bento-fleet-tls/ca.key").user == "root"
+
+
+def test_the_services_own_connections_are_encrypted():
+    assert classify().status_code == 200  # a prediction the log writes
+    sessions = (
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+        "WHERE a.usename = 'bento'"
+    )
+    seen = wait_for(
+        lambda: db.check_output(f'sudo -u postgres psql -XAtq -c "{sessions}"').split(), 30
+    )
+    assert seen and set(seen) == {"t"}, seen
 
 
 def test_wrong_password_is_refused():

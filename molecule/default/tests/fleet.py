@@ -1,6 +1,7 @@
 """The fleet as the tests see it: its hosts, and a client that reaches the gateway over HTTPS."""
 
 import json
+import re
 import shlex
 import subprocess
 import threading
@@ -77,6 +78,12 @@ def service_get(app, path: str) -> dict:
 
 def prometheus(path: str) -> dict:
     return json.loads(http_get(monitor, f"http://localhost:9090{path}"))
+
+
+def security_score(host, unit: str) -> float:
+    """systemd's own rating of a unit (`systemd-analyze security`): lower is safer."""
+    exposure = host.check_output(f"systemd-analyze security {unit} --no-pager | tail -1")
+    return float(re.search(rf"level for {re.escape(unit)}: ([0-9.]+)", exposure)[1])
 
 
 def wait_for(predicate, timeout: float, interval: float = 2.0):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fleet import apps, classify, monitor, outsider, wait_for
+from fleet import apps, classify, monitor, outsider, security_score, wait_for
 from fleet import database as db
 from playbook_runner import run_playbook
 
@@ -181,12 +181,6 @@ def decrypt(encrypted: bytes, tmp_path: Path) -> bytes:
         check=True,
         capture_output=True,
     ).stdout
-
-
-def security_score(host, unit: str) -> float:
-    """systemd's own rating of a unit (`systemd-analyze security`): lower is safer."""
-    exposure = host.check_output(f"systemd-analyze security {unit} --no-pager | tail -1")
-    return float(re.search(rf"level for {re.escape(unit)}: ([0-9.]+)", exposure)[1])
 
 
 @pytest.fixture(scope="module")

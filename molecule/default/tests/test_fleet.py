@@ -17,6 +17,7 @@ from fleet import (
     gateway,
     gateway_url,
     private_address,
+    security_score,
     service_get,
     wait_for,
 )
@@ -87,9 +88,7 @@ def test_the_bento_fleet_command_reports_on_the_fleets_own_log():
 
 @pytest.mark.parametrize("app", apps, ids=["fleet-app1", "fleet-app2"])
 def test_the_service_unit_is_hardened(app):
-    exposure = app.check_output("systemd-analyze security bento-fleet.service --no-pager | tail -1")
-    score = float(re.search(r"level for bento-fleet.service: ([0-9.]+)", exposure).group(1))
-    assert score <= 2.0, exposure
+    assert security_score(app, "bento-fleet.service") <= 2.0
     unit = app.check_output(
         "systemctl show bento-fleet.service -p User -p MemoryMax -p NoNewPrivileges"
     )

@@ -6,6 +6,7 @@
     bento-fleet drift report [--html drift.html]                # check, table + HTML with plots
     bento-fleet ab report [--control NAME] [--since-hours H] [--html ab.html] [--json ab.json]
     bento-fleet keys new NAME                                   # an API key and its settings entry
+    bento-fleet migrate [--grant-to ROLE]                       # schema to head, as its owner
     bento-fleet model import NAME --architecture A --weights FILE [--labels FILE] [--version V]
                                                                 # into BentoML's model store
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from .api.auth import key_digest, new_key
 from .settings import ApiKey, get_settings
-from .store.db import make_engine, migrate
+from .store.db import SchemaBehind, check_schema, make_engine, migrate
 from .store.dead_letters import DeadLetters
 from .store.log import PredictionRecord, insert_ignoring_duplicates
 
@@ -30,9 +31,39 @@ EXIT_DRIFT = 3  # `drift check --fail-on-drift` when a feature drifted: for cron
 
 
 def _engine(settings):
+    """The settings' database, its schema at head: migrated, or checked where the service's
+    role may not migrate (database.migrate: false)."""
     engine = make_engine(settings.database_url, settings.database.connect_timeout_s)
-    migrate(engine)
+    if settings.database.migrate:
+        migrate(engine)
+    else:
+        check_schema(engine)
     return engine
+
+
+def migrate_command(args, settings) -> int:
+    """Bring the schema to head as the role that owns it, and give the runtime role exactly what
+    the service needs. Lines that changed something end in "(changed)" (for Ansible)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    engine = make_engine(settings.database_url, settings.database.connect_timeout_s)
+    try:
+        before, head, granted = migrate(engine, grant_to=args.grant_to)
+    except (SQLAlchemyError, ValueError) as exc:
+        # The driver's message alone: SQLAlchemy's would add the statement, never the password,
+        # but the role's task prints this line, so keep it short.
+        print(f"not migrated: {getattr(exc, 'orig', None) or exc}".strip(), file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    if before == head:
+        print(f"schema: at {head} already")
+    else:
+        print(f"schema: {before or 'empty'} -> {head} (changed)")
+    if args.grant_to:
+        state = "set (changed)" if granted else "as wanted already"
+        print(f"grants of {args.grant_to}: {state}")
+    return 0
 
 
 def drift_reference(args, settings) -> int:
@@ -213,6 +244,17 @@ def parser() -> argparse.ArgumentParser:
     new.add_argument("name", help="who holds it (letters, digits, _ . @ -)")
     new.set_defaults(run=new_key_command, needs_settings=False)
 
+    migration = groups.add_parser(
+        "migrate", help="bring the schema to head, as the role that owns it"
+    )
+    migration.add_argument(
+        "--grant-to",
+        metavar="ROLE",
+        help="the service's runtime role: it gets read and insert (update where the code "
+        "updates) on the tables, nothing more (PostgreSQL)",
+    )
+    migration.set_defaults(run=migrate_command)
+
     model = groups.add_parser("model", help="models in BentoML's model store").add_subparsers(
         dest="command", required=True
     )
@@ -240,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not getattr(args, "needs_settings", True):
         return args.run(args, None)
-    return args.run(args, get_settings())
+    try:
+        return args.run(args, get_settings())
+    except SchemaBehind as exc:
+        print(exc, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

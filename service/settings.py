@@ -161,6 +161,12 @@ class DatabaseSettings(BaseModel):
     url: str | None = Field(
         None, description="SQLAlchemy URL; empty means SQLite in state_dir/predictions.db"
     )
+    migrate: bool = Field(
+        True,
+        description="Bring the schema to its head on start. False where the service's database "
+        "role may only read and add rows: `bento-fleet migrate` runs as the migration role "
+        "before it starts, and the service checks the schema is at head (spooling until it is)",
+    )
     flush_interval_s: float = Field(0.5, gt=0)
     flush_batch_size: int = Field(500, ge=1)
     retry_interval_s: float = Field(2.0, gt=0)

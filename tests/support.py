@@ -184,6 +184,24 @@ class ServiceProcess:
         return self.log_path.read_text()
 
 
+def prediction_record(i: int):
+    """The i-th of a run of distinct prediction-log records."""
+    from service.store import PredictionRecord
+
+    return PredictionRecord(
+        request_id=f"req-{i}",
+        model_name="m",
+        model_version="1",
+        class_index=i,
+        label=f"class {i}",
+        confidence=0.5,
+        latency_ms=12.5,
+        image_width=320,
+        image_height=240,
+        image_bytes=1000 + i,
+    )
+
+
 class PostgresCluster:
     """A throwaway PostgreSQL server (Debian's packages) on a free loopback port."""
 

@@ -44,6 +44,7 @@ class ClassificationPipeline:
             retry_interval_s=settings.database.retry_interval_s,
             connect_timeout_s=settings.database.connect_timeout_s,
             max_memory_rows=settings.database.max_memory_rows,
+            migrate_on_start=settings.database.migrate,
             on_pending=metrics.PREDICTION_LOG_PENDING.set,
             on_dropped=metrics.PREDICTION_LOG_DROPPED.inc,
             on_dead_letter=metrics.PREDICTION_LOG_DEAD_LETTERS.inc,

@@ -39,7 +39,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
-from .db import dialect_insert, make_engine, migrate
+from .db import SchemaBehind, check_schema, dialect_insert, make_engine, migrate
 from .dead_letters import DeadLetters, error_message
 from .schema import Prediction, Role
 
@@ -104,6 +104,7 @@ class PredictionLog:
         retry_interval_s: float = 2.0,
         connect_timeout_s: int = 3,
         max_memory_rows: int = 100_000,
+        migrate_on_start: bool = True,
         on_pending: Callable[[int], None] | None = None,
         on_dropped: Callable[[int], None] | None = None,
         on_dead_letter: Callable[[int], None] | None = None,
@@ -120,6 +121,7 @@ class PredictionLog:
         self.dead_letters = DeadLetters(self.spool_dir)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.migrate_on_start = migrate_on_start  # else only check_schema: see db.py
         self._migrated = False
         self._next_attempt = 0.0  # monotonic time before which the database is not retried
         self._spool_seq = 0
@@ -245,10 +247,13 @@ class PredictionLog:
         if self._migrated:
             return True
         try:
-            migrate(self.engine)
+            if self.migrate_on_start:
+                migrate(self.engine)
+            else:
+                check_schema(self.engine)
             self._migrated = True
             return True
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError, SchemaBehind) as exc:
             self._mark_down(exc)
             return False
 

@@ -108,3 +108,18 @@ class JobLease(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# What the service's runtime role may do to each table (bento-fleet migrate --grant-to), and no
+# more: read, add rows, and update only where the code updates (a label replaced by a later one,
+# a lease taken over). No DELETE, TRUNCATE or DDL: a compromised service can neither erase the
+# log nor change the schema, which the migration role owns. A new table needs its line here
+# (tests/unit/test_store.py checks every table has one).
+RUNTIME_PRIVILEGES: dict[str, tuple[str, ...]] = {
+    "alembic_version": ("SELECT",),  # the service checks the schema is at its head
+    Prediction.__tablename__: ("SELECT", "INSERT"),
+    Feedback.__tablename__: ("SELECT", "INSERT", "UPDATE"),
+    ReferenceProfile.__tablename__: ("SELECT", "INSERT"),
+    DriftResult.__tablename__: ("SELECT", "INSERT"),
+    JobLease.__tablename__: ("SELECT", "INSERT", "UPDATE"),
+}

@@ -10,26 +10,13 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 from support import eventually
+from support import prediction_record as record
 
 import service.store.db as store_db
 import service.store.log as store_log
 from service.store import PredictionLog, PredictionRecord
 from service.store.labels import save_feedback
-
-
-def record(i: int) -> PredictionRecord:
-    return PredictionRecord(
-        request_id=f"req-{i}",
-        model_name="m",
-        model_version="1",
-        class_index=i,
-        label=f"class {i}",
-        confidence=0.5,
-        latency_ms=12.5,
-        image_width=320,
-        image_height=240,
-        image_bytes=1000 + i,
-    )
+from service.store.schema import RUNTIME_PRIVILEGES, Base
 
 
 def rows(db) -> list[str]:
@@ -226,12 +213,13 @@ def test_spool_round_trip_keeps_every_field():
     assert PredictionRecord.from_json(original.to_json()) == original
 
 
-def log_at_revision(tmp_path, revision: str, *rows: str):
+def log_at_revision(tmp_path, revision: str, *rows: str, name: str = "old.db"):
     """A SQLite log migrated only as far as `revision`, holding these rows (INSERTs)."""
     from alembic import command
     from alembic.config import Config
 
-    engine = create_engine(f"sqlite:///{tmp_path}/old.db")
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(f"sqlite:///{tmp_path}/{name}")
     config = Config()
     config.set_main_option("script_location", str(store_db.MIGRATIONS))
     with engine.begin() as connection:
@@ -275,3 +263,35 @@ def test_a_0003_log_keeps_its_feedback_and_gains_its_sender(tmp_path):
             text("SELECT request_id, label, labelled_by FROM feedback ORDER BY request_id")
         ).all()
     assert [tuple(r) for r in rows] == [("r1", "x", None), ("r2", "y", "labeler")]
+
+
+def test_every_table_has_its_runtime_privileges():
+    """A new table without a line in RUNTIME_PRIVILEGES would be out of the runtime role's reach
+    (or, granted by hand, beyond what it needs)."""
+    assert set(Base.metadata.tables) | {"alembic_version"} == set(RUNTIME_PRIVILEGES)
+    assert all(set(p) <= {"SELECT", "INSERT", "UPDATE"} for p in RUNTIME_PRIVILEGES.values())
+
+
+def test_a_log_that_may_not_migrate_spools_until_the_schema_is_at_head(make_log, tmp_path):
+    """database.migrate: false: a schema behind the code is never written to, nor migrated by
+    the service; its rows wait in the spool, and the log names the command that fixes it."""
+    log_at_revision(tmp_path / "db", "0003", name="p.db")
+    log = make_log(migrate_on_start=False)
+    with pytest.raises(
+        store_db.SchemaBehind, match=r"at 0003 but this release needs 0004.*migrate"
+    ):
+        store_db.check_schema(log.engine)
+    log.start()
+    for i in range(3):
+        log.record(record(i))
+    eventually(lambda: log.spooled == 3, "3 rows spooled", timeout_s=10, interval_s=0.05)
+    assert not log.migrated
+    store_db.migrate(log.engine)  # what `bento-fleet migrate` does as the owner
+    eventually(lambda: log.written == 3, "the spool replayed", timeout_s=10, interval_s=0.05)
+
+
+def test_a_schema_newer_than_the_code_is_accepted_as_after_a_rollback(tmp_path):
+    engine = log_at_revision(tmp_path, "0004")
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0005'"))
+    store_db.check_schema(engine)  # no SchemaBehind: migrations only add

@@ -16,6 +16,7 @@ from fleet import database as db
 from playbook_runner import run_playbook
 
 PASSWORD = "test-only-password-0123"
+MIGRATOR_PASSWORD = "test-only-migrator-password-4567"  # molecule.yml
 app = apps[0]
 
 
@@ -23,13 +24,18 @@ def address(host) -> str:
     return host.check_output("hostname -I").split()[0]
 
 
-def psql(host, sql: str, password=PASSWORD, target="fleet-db", tls=""):
-    """As the app role; `tls` adds libpq settings, e.g. "PGSSLMODE=verify-full"."""
+def psql(host, sql: str, password=PASSWORD, target="fleet-db", tls="", user="bento"):
+    """As the app role (or `user`); `tls` adds libpq settings, e.g. "PGSSLMODE=verify-full"."""
     command = (
         f"{tls} PGPASSWORD={shlex.quote(password)} PGCONNECT_TIMEOUT=5 psql -XAtq "
-        f"-h {target} -U bento -d predictions -c {shlex.quote(sql)}"
+        f"-h {target} -U {user} -d predictions -c {shlex.quote(sql)}"
     )
     return host.run(command)
+
+
+def as_owner(host, sql: str):
+    """As the migration role, which owns the schema."""
+    return psql(host, sql, password=MIGRATOR_PASSWORD, user="bento_migrator")
 
 
 def test_listens_on_the_private_address_only():
@@ -88,6 +94,75 @@ def test_the_services_own_connections_are_encrypted():
         lambda: db.check_output(f'sudo -u postgres psql -XAtq -c "{sessions}"').split(), 30
     )
     assert seen and set(seen) == {"t"}, seen
+
+
+def test_the_schema_is_the_migration_roles_and_the_service_may_only_read_and_add_rows():
+    """Least privilege: the tables belong to the migration role, which `bento-fleet migrate`
+    logs in as during the deploy; the service's own role cannot erase or alter them."""
+    owners = db.check_output(
+        "sudo -u postgres psql -XAtq -d predictions -c "
+        "\"SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'\""
+    )
+    assert owners.split() == ["bento_migrator"]
+    assert psql(app, "SELECT count(*) FROM predictions").rc == 0
+    for statement in (
+        "DELETE FROM predictions",
+        "TRUNCATE predictions",
+        "UPDATE predictions SET label = 'forged'",
+        "DROP TABLE feedback",
+        "ALTER TABLE predictions ADD COLUMN forged text",
+        "CREATE TABLE forged (id int)",
+    ):
+        result = psql(app, statement)
+        assert result.rc != 0, statement
+        assert "permission denied" in result.stderr or "must be owner" in result.stderr, (
+            statement,
+            result.stderr,
+        )
+    # The service checks the schema instead of migrating it, and its host never holds the
+    # owner's password: not in the env file, the config or anything else the role wrote.
+    config = yaml.safe_load(app.check_output("cat /opt/bento-fleet/current/config.yaml"))
+    assert config["database"]["migrate"] is False
+    found = app.run(
+        f"grep -rlF {MIGRATOR_PASSWORD} /etc /opt/bento-fleet /var/lib/bento-fleet /tmp"
+    )
+    assert found.rc == 1 and not found.stdout, found.stdout
+
+
+def test_the_migration_role_gets_in_over_tls_from_the_inference_hosts_only():
+    result = as_owner(app, "SELECT current_user")
+    assert result.rc == 0 and result.stdout.strip() == "bento_migrator", result.stderr
+    plain = psql(
+        app, "SELECT 1", password=MIGRATOR_PASSWORD, user="bento_migrator", tls="PGSSLMODE=disable"
+    )
+    assert plain.rc != 0 and "no encryption" in plain.stderr, plain.stderr
+    local = psql(
+        db, "SELECT 1", password=MIGRATOR_PASSWORD, user="bento_migrator", target=address(db)
+    )
+    assert local.rc != 0 and "no pg_hba.conf entry" in local.stderr, local.stderr
+
+
+def test_the_roles_preflights_refuse_a_migration_password_or_url_that_defeats_the_split():
+    refused = {
+        # the database role: the owner's password the same as the service's
+        "playbooks/databases.yml": (
+            {"postgresql_migration_password": PASSWORD},
+            "postgresql_migration_password must be set",
+        ),
+        # the service role: the owner's URL naming the service's own role
+        "playbooks/inference.yml": (
+            {
+                "bento_service_database_migration_url": f"postgresql://bento:{PASSWORD}@fleet-db/predictions"
+            },
+            "bento_service_database_migration_url must be a postgresql:// URL",
+        ),
+    }
+    for playbook, (extra, message) in refused.items():
+        result = run_playbook(playbook, "--tags", "preflight", "-e", json.dumps(extra))
+        output = " ".join((result.stdout + result.stderr).split())
+        assert result.returncode != 0, output[-2000:]
+        assert message in output, output[-2000:]
+        assert PASSWORD not in output  # no_log: the message never shows a secret
 
 
 def test_wrong_password_is_refused():
@@ -185,8 +260,9 @@ def decrypt(encrypted: bytes, tmp_path: Path) -> bytes:
 
 @pytest.fixture(scope="module")
 def backup():
-    """Puts data in, runs the backup unit once, and returns the newest dump's path."""
-    created = psql(
+    """Puts data in (as the schema's owner: the app role may not create tables), runs the
+    backup unit once, and returns the newest dump's path."""
+    created = as_owner(
         app,
         "CREATE TABLE IF NOT EXISTS probe (id int PRIMARY KEY, note text);"
         "INSERT INTO probe VALUES (1, 'survives the backup') ON CONFLICT DO NOTHING;",
@@ -329,7 +405,7 @@ def test_backup_and_restore_playbooks_bring_back_lost_rows(backup):
     made = run_playbook("playbooks/backup.yml")
     assert made.returncode == 0, made.stdout[-2000:]
     newest = db.check_output(f"ls -t {BACKUPS}/predictions-*.dump.age | head -1")
-    assert psql(app, "DELETE FROM probe").rc == 0  # the accident
+    assert as_owner(app, "DELETE FROM probe").rc == 0  # the accident (the app role cannot)
     restored = run_playbook(
         "playbooks/restore.yml",
         "-e",
@@ -340,6 +416,18 @@ def test_backup_and_restore_playbooks_bring_back_lost_rows(backup):
         f"restore_identity={identity()}",
     )
     assert restored.returncode == 0, restored.stdout[-2000:]
-    assert psql(app, "SELECT note FROM probe WHERE id = 1").stdout.strip() == "survives the backup"
+    assert (
+        as_owner(app, "SELECT note FROM probe WHERE id = 1").stdout.strip() == "survives the backup"
+    )
+    # The restored tables are still the migration role's, and the service's role keeps its
+    # grants (the dump carries them): it reads and adds rows as before, and may not delete.
+    owners = db.check_output(
+        "sudo -u postgres psql -XAtq -d predictions -c "
+        "\"SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'\""
+    )
+    assert owners.split() == ["bento_migrator"]
+    assert classify().status_code == 200
+    assert psql(app, "SELECT count(*) FROM predictions").rc == 0
+    assert "permission denied" in psql(app, "DELETE FROM predictions").stderr
     # The identity and the plain dump went with the restore.
     assert db.run(f"ls -d {BACKUPS}/.restore-*").rc != 0

@@ -99,11 +99,7 @@ def test_the_services_own_connections_are_encrypted():
 def test_the_schema_is_the_migration_roles_and_the_service_may_only_read_and_add_rows():
     """Least privilege: the tables belong to the migration role, which `bento-fleet migrate`
     logs in as during the deploy; the service's own role cannot erase or alter them."""
-    owners = db.check_output(
-        "sudo -u postgres psql -XAtq -d predictions -c "
-        "\"SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'\""
-    )
-    assert owners.split() == ["bento_migrator"]
+    assert set(table_owners().values()) == {"bento_migrator"}
     assert psql(app, "SELECT count(*) FROM predictions").rc == 0
     for statement in (
         "DELETE FROM predictions",
@@ -140,6 +136,38 @@ def test_the_migration_role_gets_in_over_tls_from_the_inference_hosts_only():
         db, "SELECT 1", password=MIGRATOR_PASSWORD, user="bento_migrator", target=address(db)
     )
     assert local.rc != 0 and "no pg_hba.conf entry" in local.stderr, local.stderr
+
+
+def table_owners() -> dict[str, str]:
+    listing = db.check_output(
+        "sudo -u postgres psql -XAtq -d predictions -c "
+        "\"SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public'\""
+    )
+    return dict(line.split("|") for line in listing.splitlines())
+
+
+def test_a_database_of_an_earlier_release_is_handed_to_the_migration_role():
+    """Before the split the app role made and owned the tables: the database play reassigns
+    them to the migration role, and the deploy's migrate grants the app role its share."""
+    db.check_output(
+        "sudo -u postgres psql -XAtq -d predictions -c 'ALTER TABLE job_leases OWNER TO bento'"
+    )
+    assert table_owners()["job_leases"] == "bento"
+    run = run_playbook("playbooks/databases.yml", "--tags", "database")
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert set(table_owners().values()) == {"bento_migrator"}
+    # What the bento_service role runs before the service starts, as the service user.
+    url = f"postgresql://bento_migrator:{MIGRATOR_PASSWORD}@{address(db)}/predictions"
+    migrate = app.run(
+        f"cd /opt/bento-fleet/current && sudo -u bento-fleet env BENTO_FLEET_DATABASE__URL={url}"
+        f" PGSSLMODE=verify-full PGSSLROOTCERT={CA} PYTHONPATH=src"
+        " BENTO_FLEET_CONFIG=config.yaml venv/bin/python -m service.cli migrate --grant-to bento"
+    )
+    assert migrate.rc == 0, migrate.stderr
+    assert "grants of bento: set (changed)" in migrate.stdout
+    lease = "INSERT INTO job_leases VALUES ('probe', 'test', now()) ON CONFLICT DO NOTHING"
+    assert psql(app, lease).rc == 0
+    assert "permission denied" in psql(app, "DELETE FROM job_leases").stderr
 
 
 def test_the_roles_preflights_refuse_a_migration_password_or_url_that_defeats_the_split():
@@ -421,11 +449,7 @@ def test_backup_and_restore_playbooks_bring_back_lost_rows(backup):
     )
     # The restored tables are still the migration role's, and the service's role keeps its
     # grants (the dump carries them): it reads and adds rows as before, and may not delete.
-    owners = db.check_output(
-        "sudo -u postgres psql -XAtq -d predictions -c "
-        "\"SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'\""
-    )
-    assert owners.split() == ["bento_migrator"]
+    assert set(table_owners().values()) == {"bento_migrator"}
     assert classify().status_code == 200
     assert psql(app, "SELECT count(*) FROM predictions").rc == 0
     assert "permission denied" in psql(app, "DELETE FROM predictions").stderr

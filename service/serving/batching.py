@@ -25,15 +25,13 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import ServiceError
-from . import thread_names
-from .thread_names import name_this_thread
+from .model_thread import model_executor
 
 
 def choose_batch_cap(seconds_per_image: dict[int, float], tolerance: float = 0.10) -> int:
@@ -81,13 +79,9 @@ class AdaptiveBatcher:
         self._reserved = 0  # images admitted and still decoding
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
-        # One thread owns the model: batches run one after another, never interleaved.
-        self._executor = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix="inference",
-            initializer=name_this_thread,
-            initargs=(thread_names.INFERENCE,),
-        )
+        # One thread runs every model (model_thread.py says why): batches run one after
+        # another, never interleaved.
+        self._executor = model_executor()
         self.seconds_per_image: float | None = None  # running estimate, for admission
 
     @property
@@ -160,8 +154,8 @@ class AdaptiveBatcher:
             self._running = len(batch)
             started = time.perf_counter()
             try:
-                stacked = torch.stack([job.tensor for job in batch])
-                rows = await loop.run_in_executor(self._executor, self._infer, stacked)
+                tensors = [job.tensor for job in batch]
+                rows = await loop.run_in_executor(self._executor, self._stack_and_infer, tensors)
             except Exception as exc:  # noqa: BLE001 - delivered to each waiting request
                 for job in batch:
                     if not job.future.done():
@@ -179,6 +173,11 @@ class AdaptiveBatcher:
                     BatchStats(len(batch), elapsed, [started - job.enqueued for job in batch])
                 )
 
+    def _stack_and_infer(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        # Stacked here, not on the event loop: a copy this size is a parallel region, and a
+        # parallel region on another thread starts a second OpenMP team (model_thread.py).
+        return self._infer(torch.stack(tensors))
+
     def _update_estimate(self, seconds_per_image: float) -> None:
         previous = self.seconds_per_image
         self.seconds_per_image = (
@@ -186,6 +185,6 @@ class AdaptiveBatcher:
         )
 
     async def close(self) -> None:
+        # The model thread is the process's, shared by every batcher: it is left running.
         if self._worker is not None:
             self._worker.cancel()
-        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -12,6 +12,7 @@ from .. import metrics
 from ..settings import Settings
 from .batching import AdaptiveBatcher, BatchStats, choose_batch_cap
 from .model import Classifier
+from .model_thread import on_model_thread
 from .variants import Variant, VariantRouter
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,9 @@ class VariantSet:
         # Serving variants first: a shadow that fails to load must not keep the service down.
         for variant in sorted(self, key=lambda v: v.shadow):
             try:
-                classifier = Classifier(self.settings.for_variant(variant.settings))
-                self._calibrate(variant, classifier)
-                classifier.warm_up(classifier.sizes_to_warm(variant.batcher.max_batch_size))
+                # Built, calibrated and warmed on the thread its batches will run on: the
+                # calibration then times what serving will get (model_thread.py).
+                classifier = on_model_thread(self._build, variant)
                 variant.classifier = classifier
                 if classifier.device.type == "cuda":  # fixed for the device: set once
                     metrics.GPU_MEMORY_TOTAL_BYTES.set(
@@ -97,6 +98,12 @@ class VariantSet:
                 if not variant.shadow:
                     return f"variant {variant.name}: {variant.load_error}"
         return None
+
+    def _build(self, variant: Variant) -> Classifier:
+        classifier = Classifier(self.settings.for_variant(variant.settings))
+        self._calibrate(variant, classifier)
+        classifier.warm_up(classifier.sizes_to_warm(variant.batcher.max_batch_size))
+        return classifier
 
     def _calibrate(self, variant: Variant, classifier: Classifier) -> None:
         """Warm every batch size we may run and cap batches at the fastest per image.

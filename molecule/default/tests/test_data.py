@@ -84,6 +84,32 @@ def test_the_service_verifies_the_databases_certificate_against_the_roles_ca():
     assert db.file("/etc/postgresql/bento-fleet-tls/ca.key").user == "root"
 
 
+def test_a_server_certificate_near_its_expiry_is_made_anew():
+    """One that expires in 10 days (signed by the role's CA, as the role's own would be, two
+    years on): the next run replaces it, and the clients' verify-full goes on working."""
+    tls = "/etc/postgresql/bento-fleet-tls"
+    extensions = f"subjectAltName=IP:{address(db)},DNS:fleet-db\nextendedKeyUsage=serverAuth"
+    db.check_output(
+        f"printf '{extensions}\\n' > /tmp/renewal.ext && openssl req -new -key {tls}/server.key"
+        f" -subj /CN=fleet-db | openssl x509 -req -CA {tls}/ca.crt -CAkey {tls}/ca.key -days 10"
+        f" -extfile /tmp/renewal.ext -out {tls}/server.crt"
+    )
+    names = f"openssl x509 -in {tls}/server.crt -noout -ext subjectAltName,extendedKeyUsage"
+    before = db.check_output(names)  # the same names as the role's own: only the date is due
+    assert f"IP Address:{address(db)}" in before and "TLS Web Server" in before
+    expiry = f"openssl x509 -in {tls}/server.crt -noout -checkend {30 * 86400}"
+    assert db.run(expiry).rc == 1  # expires within 30 days
+    run = run_playbook("playbooks/databases.yml", "--tags", "config")
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert db.run(expiry).rc == 0
+    assert db.run(f"openssl x509 -in {tls}/server.crt -noout -checkend {800 * 86400}").rc == 0
+    assert db.check_output(names) == before
+    served = wait_for(
+        lambda: psql(app, "SELECT 1", tls=f"PGSSLMODE=verify-full PGSSLROOTCERT={CA}").rc == 0, 30
+    )
+    assert served
+
+
 def test_the_services_own_connections_are_encrypted():
     assert classify().status_code == 200  # a prediction the log writes
     sessions = (

@@ -1,5 +1,5 @@
 """Monitoring: Prometheus scrapes every exporter and both services, the alert rules are loaded and
-pass their unit tests, the backup and certificate metrics arrive, the dashboard's queries run;
+pass their unit tests, the backup, pull and certificate metrics arrive, the dashboard's queries run;
 alerts reach the operators' webhook (firing and resolved), causes inhibit their symptoms, and the
 operator reaches Prometheus and Alertmanager through the one SSH tunnel sshd allows."""
 
@@ -38,6 +38,7 @@ ALERTS = {
     "BentoFleetExporterDown",
     "BentoFleetPostgresDown",
     "BentoFleetBackupTooOld",
+    "BentoFleetBackupCopiesTooOld",
     "BentoFleetBackupMissing",
     "BentoFleetCertificateExpiring",
     "BentoFleetDiskNearlyFull",
@@ -90,6 +91,14 @@ def test_a_backup_and_the_certificate_show_up_as_metrics():
         return query("bento_fleet_backup_last_success_timestamp_seconds")["data"]["result"]
 
     assert wait_for(backup_metric, timeout=60, interval=5)
+    # The backup host (fleet-mon here) pulls the copy and publishes when it last did.
+    monitor.check_output("systemctl start bento-fleet-pg-backup-pull.service")
+
+    def pull_metric():
+        return query("bento_fleet_backup_pull_last_success_timestamp_seconds")["data"]["result"]
+
+    pulled = wait_for(pull_metric, timeout=60, interval=5)
+    assert pulled and pulled[0]["metric"]["instance"] == "fleet-mon"
     expiry = query("bento_fleet_certificate_expiry_timestamp_seconds - time()")["data"]["result"]
     assert expiry and expiry[0]["metric"]["domain"] == "fleet-gw"
     assert float(expiry[0]["value"][1]) > 14 * 86400  # pebble's fresh certificate: no alert

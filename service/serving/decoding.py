@@ -16,7 +16,8 @@ would sit on every decode thread while ordinary requests wait behind it. So:
 - Images are decoded in two lanes. `heavy` (one thread) takes those estimated above
   `limits.heavy_decode_ms` or larger than a quarter of `limits.max_pixels`; `light` (two
   threads) takes the rest. A burst of heavy images queues behind itself and never occupies the
-  threads that ordinary photos need.
+  threads that ordinary photos need; its thread runs at the lowest priority, so it never takes a
+  core the model's threads need either (HEAVY_LANE_NICE).
 - Each lane keeps its backlog: the estimated seconds of the images admitted to it and not yet
   decoded. A request is refused with 503 and Retry-After (`admit`) when a lane it needs is busy
   and its images would wait there longer than `batching.max_latency_ms`; an idle lane takes any
@@ -36,7 +37,9 @@ more CPU than decoding a small photo.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import os
 import random
 import threading
 import time
@@ -50,6 +53,8 @@ from ..errors import ServiceError
 from . import thread_names
 from .preprocessing import DecodedInfo, OpenedImage, Preprocessor
 from .thread_names import name_this_thread
+
+log = logging.getLogger(__name__)
 
 Decoded = tuple[DecodedInfo, list[torch.Tensor]]  # one tensor per preprocessor, in order
 
@@ -69,16 +74,34 @@ LEARNING_RATE = 0.1  # weight of one decode in a format's learned correction
 CORRECTION_BOUNDS = (0.1, 10.0)  # one freak measurement cannot make a format free or banned
 
 
+# The heavy lane's thread runs at this nice value (the light lane's and the model's at the
+# worker's own). Torch's forward pass is hundreds of short parallel regions whose threads wait
+# for each other at every barrier (model_thread.py); a heavy decode taking one of a small host's
+# cores at equal priority made each barrier wait for the scheduler, and the photos beside a
+# burst of 40-megapixel PNGs got a fifth of the answers. At nice 19 the burst decodes in the
+# cores' spare time: its price, not the other clients'.
+HEAVY_LANE_NICE = 19
+
+
+def _start_decode_thread(nice: int) -> None:
+    name_this_thread(thread_names.DECODE)
+    if nice:
+        try:  # Linux: the thread's own nice value, its id in place of a process's
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError as exc:  # a sandbox that forbids it: decode at the worker's priority
+            log.warning("decode thread: could not set nice %d: %s", nice, exc)
+
+
 class _Lane:
     """Threads that decode, and the estimated seconds of the images admitted to them."""
 
-    def __init__(self, name: str, threads: int):
+    def __init__(self, name: str, threads: int, nice: int = 0):
         self.name, self.threads = name, threads
         self.executor = ThreadPoolExecutor(
             max_workers=threads,
             thread_name_prefix=f"decode-{name}",
-            initializer=name_this_thread,
-            initargs=(thread_names.DECODE,),
+            initializer=_start_decode_thread,
+            initargs=(nice,),
         )
         self.backlog_s = 0.0
         self._lock = threading.Lock()  # released from the decode threads' done callbacks
@@ -122,7 +145,8 @@ class DecodePool:
         heavy_decode_ms: float = 100.0,
         max_pixels: int = 40_000_000,
     ):
-        self.light, self.heavy = _Lane("light", light_threads), _Lane("heavy", 1)
+        self.light = _Lane("light", light_threads)
+        self.heavy = _Lane("heavy", 1, nice=HEAVY_LANE_NICE)
         self.statistics_share = statistics_share
         self.heavy_s = heavy_decode_ms / 1000.0
         self.heavy_pixels = max_pixels // 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import threading
 
 import pytest
@@ -152,3 +153,18 @@ def test_a_bad_header_is_refused_before_anything_is_admitted(pool):
     assert refused.value.code == "not_an_image"
     assert refused.value.message.startswith("images[1]: ")
     assert pool.light.backlog_s == pool.heavy.backlog_s == 0.0
+
+
+def test_the_heavy_lane_decodes_at_the_lowest_priority_and_the_light_lane_at_the_workers():
+    """A heavy decode must not take a core from the model's threads (decoding.HEAVY_LANE_NICE)."""
+
+    def nice_of_this_thread():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    pool = DecodePool()
+    try:
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        assert pool.heavy.executor.submit(nice_of_this_thread).result() == 19
+        assert pool.light.executor.submit(nice_of_this_thread).result() == own
+    finally:
+        pool.close()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .api.auth import key_digest, new_key
 from .settings import ApiKey, get_settings
-from .store.db import SchemaBehind, check_schema, make_engine, migrate
+from .store.db import SchemaBehind, ensure_schema, make_engine, migrate
 from .store.dead_letters import DeadLetters
 from .store.log import PredictionRecord, insert_ignoring_duplicates
 
@@ -34,10 +34,7 @@ def _engine(settings):
     """The settings' database, its schema at head: migrated, or checked where the service's
     role may not migrate (database.migrate: false)."""
     engine = make_engine(settings.database_url, settings.database.connect_timeout_s)
-    if settings.database.migrate:
-        migrate(engine)
-    else:
-        check_schema(engine)
+    ensure_schema(engine, settings.database.migrate)
     return engine
 
 

@@ -113,18 +113,26 @@ def grant_runtime_privileges(connection: Connection, role: str) -> bool:
     return changed
 
 
+def ensure_schema(engine: Engine, may_migrate: bool) -> None:
+    """The schema at this code's head: migrated where the caller's role may (database.migrate),
+    else checked (SchemaBehind)."""
+    if may_migrate:
+        migrate(engine)
+    else:
+        check_schema(engine)
+
+
 def check_schema(engine: Engine) -> None:
     """Raise SchemaBehind unless the schema is at this code's head. A revision this code does
     not know is newer (a rollback to an earlier release): accepted, as migrations only add."""
     with engine.connect() as connection:
         current = current_revision(connection)
-    head = head_revision()
+    script = ScriptDirectory.from_config(_alembic_config())
+    head = script.get_current_head()
     if current == head:
         return
     try:
-        known = current is None or ScriptDirectory.from_config(_alembic_config()).get_revision(
-            current
-        )
+        known = current is None or script.get_revision(current) is not None
     except CommandError:
         known = False
     if known:

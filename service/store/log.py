@@ -39,7 +39,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
-from .db import SchemaBehind, check_schema, dialect_insert, make_engine, migrate
+from .db import SchemaBehind, dialect_insert, ensure_schema, make_engine
 from .dead_letters import DeadLetters, error_message
 from .schema import Prediction, Role
 
@@ -247,10 +247,7 @@ class PredictionLog:
         if self._migrated:
             return True
         try:
-            if self.migrate_on_start:
-                migrate(self.engine)
-            else:
-                check_schema(self.engine)
+            ensure_schema(self.engine, self.migrate_on_start)
             self._migrated = True
             return True
         except (SQLAlchemyError, OSError, SchemaBehind) as exc:

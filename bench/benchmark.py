@@ -36,6 +36,11 @@
    `--server-tree PATH` serves another checkout (e.g. a `git worktree` of an older commit) to
    compare with.
 
+`--jpeg-decode device` serves every server, and measures the ceiling, with JPEGs decoded with
+their batch where the model runs (nvJPEG on a GPU; service/serving/device_decoding.py): run it
+beside the default on a GPU host for the ceiling with CPU and with GPU decode. The images drawn
+for drift statistics (drift.statistics_share) still take the Pillow path, as in production.
+
 Speed is reported as medians and ratios measured in this one run: these machines are shared
 and absolute numbers drift by tens of percent from one run to the next.
 """
@@ -103,10 +108,11 @@ def cpu_seconds() -> float:
 def measure_ceiling(images: list[bytes], seconds: float, compile_mode: str) -> dict:
     import torch
 
+    from service.serving.device_decoding import decodable_on_device
     from service.serving.model import Classifier
     from service.settings import Settings
 
-    classifier = Classifier(Settings(compile=compile_mode))
+    classifier = Classifier(Settings(compile=compile_mode))  # jpeg_decode: from the environment
     classifier.warm_up(classifier.sizes_to_warm(max(CEILING_BATCH_SIZES)))
 
     def run(batch_size: int) -> tuple[float, list[float]]:
@@ -114,8 +120,14 @@ def measure_ceiling(images: list[bytes], seconds: float, compile_mode: str) -> d
         while time.perf_counter() - started < seconds:
             t0 = time.perf_counter()
             batch = [images[(done + i) % len(images)] for i in range(batch_size)]
-            tensors = torch.stack([classifier.preprocessor(data)[0] for data in batch])
-            probabilities = classifier.infer(tensors)
+            if classifier.jpeg_on_device:  # decoded with the batch, as the service does
+                opened = [classifier.preprocessor.open(data) for data in batch]
+                probabilities = classifier.run_batch(
+                    [decodable_on_device(image, None) for image in opened]
+                )
+            else:
+                tensors = torch.stack([classifier.preprocessor(data)[0] for data in batch])
+                probabilities = classifier.infer(tensors)
             for row in probabilities:
                 classifier.top_k(row, 5)
             latencies.append(time.perf_counter() - t0)
@@ -157,6 +169,7 @@ def measure_ceiling(images: list[bytes], seconds: float, compile_mode: str) -> d
         "single_image_p50_ms": by_batch[1]["p50_batch_ms"],
         "preprocess_cpu_ms_per_image": (time.process_time() - preprocess_started) * 1000 / count,
         "device": str(classifier.device),
+        "jpeg_decode": "device" if classifier.jpeg_on_device else "pillow",
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -778,11 +791,20 @@ def main() -> None:
     )
     parser.add_argument("--burst-clients", type=int, default=4)
     parser.add_argument("--server-tree", default=str(REPO), help="the checkout to serve")
+    parser.add_argument(
+        "--jpeg-decode",
+        choices=("auto", "pillow", "device"),
+        default="auto",
+        help="the jpeg_decode setting of every server and ceiling (device: with the batch, "
+        "nvJPEG on a GPU)",
+    )
     parser.add_argument("--ceiling-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--output", default=DEFAULT_OUTPUT)
     args = parser.parse_args()
     levels = [int(level) for level in args.levels.split(",")]
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    # Read by the servers' settings and the ceiling's process alike.
+    os.environ["BENTO_FLEET_JPEG_DECODE"] = args.jpeg_decode
     images = uploads()
 
     compile_modes = args.compile.split(",")

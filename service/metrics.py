@@ -57,6 +57,13 @@ PREPROCESS_SECONDS = Histogram(
     namespace=NAMESPACE,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
+DEVICE_DECODED_IMAGES = Counter(
+    "device_decoded_images",
+    "JPEGs decoded with their batch on the model's device (jpeg_decode), by outcome: decoded, "
+    "or fallback (the device refused it and Pillow decoded it, or answered its client error)",
+    ["outcome"],
+    namespace=NAMESPACE,
+)
 CONFIDENCE = Histogram(
     "prediction_confidence",
     "Top-1 confidence of each prediction, by variant and role (serve or shadow)",

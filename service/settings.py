@@ -301,6 +301,12 @@ class Settings(BaseSettings):
         description="none: eager PyTorch; inductor: torch.compile (fused kernels, needs a C "
         "compiler on the host); cudagraphs: torch.compile with CUDA graphs (CUDA only)",
     )
+    jpeg_decode: Literal["auto", "pillow", "device"] = Field(
+        "auto",
+        description="Where JPEGs are decoded. pillow: on the decode threads (CPU); device: with "
+        "their batch on the model's device (nvJPEG on CUDA, libjpeg-turbo on the model thread "
+        "on CPU); auto: device on CUDA, pillow on CPU. Other formats always take Pillow",
+    )
     batching: BatchingSettings = BatchingSettings()
     limits: LimitSettings = LimitSettings()
     database: DatabaseSettings = DatabaseSettings()

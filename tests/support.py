@@ -71,6 +71,18 @@ def jpeg_of(name: str, size: tuple[int, int] | None = None, quality: int = 90) -
     return encode(image, "JPEG", quality=quality)
 
 
+def jpeg_without_quantization_tables(name: str = "rocket.jpg") -> bytes:
+    """A JPEG whose header reads well (size, mode) but whose pixels cannot be decoded: its
+    quantization tables (DQT segments) are left out, and every decoder refuses it."""
+    data, kept, at = photo(name), bytearray(photo(name)[:2]), 2
+    while data[at + 1] != 0xDA:  # up to the start of the scan, segment by segment
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        if data[at + 1] != 0xDB:
+            kept += data[at : at + 2 + length]
+        at += 2 + length
+    return bytes(kept + data[at:])
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ServiceError
+from .model import Pixels
 from .model_thread import model_executor
 
 
@@ -46,7 +47,7 @@ def choose_batch_cap(seconds_per_image: dict[int, float], tolerance: float = 0.1
 
 @dataclass
 class _Job:
-    tensor: torch.Tensor
+    image: Pixels
     future: asyncio.Future = field(repr=False)
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -61,7 +62,7 @@ class BatchStats:
 class AdaptiveBatcher:
     def __init__(
         self,
-        infer: Callable[[torch.Tensor], torch.Tensor],
+        run: Callable[[list[Pixels]], list[torch.Tensor | Exception]],
         *,
         max_batch_size: int,
         max_queue_size: int,
@@ -69,7 +70,7 @@ class AdaptiveBatcher:
         enabled: bool = True,
         on_batch: Callable[[BatchStats], None] | None = None,
     ):
-        self._infer = infer
+        self._run_batch = run  # on the model thread: a probability row or an error per image
         self.max_batch_size = max_batch_size if enabled else 1
         self.max_queue_size = max_queue_size
         self.max_latency_s = max_latency_ms / 1000.0
@@ -119,16 +120,15 @@ class AdaptiveBatcher:
                 retry_after=retry_after,
             )
 
-    async def submit(
-        self, tensors: list[torch.Tensor], reserved: bool = False
-    ) -> list[torch.Tensor]:
+    async def submit(self, images: list[Pixels], reserved: bool = False) -> list[torch.Tensor]:
         """Queue images for inference and wait for their probability rows, in order; admitted
-        here unless `reserved` (their places were held by `reserve` until now)."""
+        here unless `reserved` (their places were held by `reserve` until now). An image that
+        failed in its batch (a JPEG broken when decoded there) raises its error."""
         if not reserved:
-            self.check_admission(len(tensors))
+            self.check_admission(len(images))
         self._ensure_worker()
         loop = asyncio.get_running_loop()
-        jobs = [_Job(tensor, loop.create_future()) for tensor in tensors]
+        jobs = [_Job(image, loop.create_future()) for image in images]
         self._queue.extend(jobs)
         self._wakeup.set()
         return list(await asyncio.gather(*(job.future for job in jobs)))
@@ -154,8 +154,8 @@ class AdaptiveBatcher:
             self._running = len(batch)
             started = time.perf_counter()
             try:
-                tensors = [job.tensor for job in batch]
-                rows = await loop.run_in_executor(self._executor, self._stack_and_infer, tensors)
+                images = [job.image for job in batch]
+                rows = await loop.run_in_executor(self._executor, self._run_batch, images)
             except Exception as exc:  # noqa: BLE001 - delivered to each waiting request
                 for job in batch:
                     if not job.future.done():
@@ -166,17 +166,16 @@ class AdaptiveBatcher:
             elapsed = time.perf_counter() - started
             self._update_estimate(elapsed / len(batch))
             for job, row in zip(batch, rows, strict=True):
-                if not job.future.done():
+                if job.future.done():
+                    continue
+                if isinstance(row, Exception):
+                    job.future.set_exception(row)
+                else:
                     job.future.set_result(row)
             if self._on_batch:
                 self._on_batch(
                     BatchStats(len(batch), elapsed, [started - job.enqueued for job in batch])
                 )
-
-    def _stack_and_infer(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        # Stacked here, not on the event loop: a copy this size is a parallel region, and a
-        # parallel region on another thread starts a second OpenMP team (model_thread.py).
-        return self._infer(torch.stack(tensors))
 
     def _update_estimate(self, seconds_per_image: float) -> None:
         previous = self.seconds_per_image

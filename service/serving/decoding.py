@@ -25,6 +25,10 @@ would sit on every decode thread while ordinary requests wait behind it. So:
 - Memory is bounded by the lanes, not by the traffic: one heavy image (at most max_pixels) and
   two light ones (at most a quarter of it each) are decoded at once per worker.
 
+JPEGs the model's device decodes with their batch (settings `jpeg_decode`, device_decoding.py)
+take neither lane: `admit` sends them to the batcher as they are, their header read and nothing
+more paid on the CPU.
+
 Heavy images do not hold places in the batcher's queue while they decode (the pipeline reserves
 places for the light ones only): they reach the model one lane-slow decode at a time, and
 holding their places for seconds would refuse every other client meanwhile.
@@ -51,12 +55,14 @@ import torch
 from .. import metrics
 from ..errors import ServiceError
 from . import thread_names
+from .device_decoding import EncodedJpeg, decodable_on_device
 from .preprocessing import DecodedInfo, OpenedImage, Preprocessor
 from .thread_names import name_this_thread
 
 log = logging.getLogger(__name__)
 
-Decoded = tuple[DecodedInfo, list[torch.Tensor]]  # one tensor per preprocessor, in order
+# One input per preprocessor, in order: its pixels, or the JPEG each model decodes itself.
+Decoded = tuple[DecodedInfo, list[torch.Tensor | EncodedJpeg]]
 
 # Seconds per megapixel to decode an 8-bit image to RGB, one core of a 2-core x86 machine
 # (2026-12-03): JPEG at the reduced scale the preprocessing asks libjpeg for, PNG of photos and
@@ -126,15 +132,18 @@ class _Lane:
 
 @dataclass(frozen=True)
 class Admitted:
-    """An image admitted to a lane, with the estimate it holds there until decoded."""
+    """An image admitted to a lane, with the estimate it holds there until decoded, or passed
+    on to the model's device to decode (`on_device`, lane None)."""
 
     image: OpenedImage
-    lane: _Lane
+    lane: _Lane | None
     estimate_s: float
+    statistics: bool  # drawn for the pixel statistics (drift.statistics_share)
+    on_device: EncodedJpeg | None = None
 
     @property
     def heavy(self) -> bool:
-        return self.lane.name == "heavy"
+        return self.lane is not None and self.lane.name == "heavy"
 
 
 class DecodePool:
@@ -179,13 +188,29 @@ class DecodePool:
         heavy = estimate > self.heavy_s or image.decoded_pixels > self.heavy_pixels
         return self.heavy if heavy else self.light
 
-    def admit(self, images: list[OpenedImage], max_latency_s: float) -> list[Admitted]:
+    def admit(
+        self, images: list[OpenedImage], max_latency_s: float, jpegs_on_device: bool = False
+    ) -> list[Admitted]:
         """Hold the request's place in the lanes, or raise 503 when a busy lane it needs would
         make it wait longer than max_latency_s. The caller must `decode` what this returns:
-        decoding releases what is held here."""
+        decoding releases what is held here. With `jpegs_on_device`, the light JPEGs the
+        device can decode (and not drawn for statistics) are passed on instead."""
         estimates = [self.estimate(image) for image in images]
-        lanes = [self.lane_for(image, cost) for image, cost in zip(images, estimates, strict=True)]
-        for lane in {*lanes}:
+        lanes: list[_Lane | None] = [
+            self.lane_for(image, cost) for image, cost in zip(images, estimates, strict=True)
+        ]
+        statistics = [self._draw_statistics() for _ in images]
+        on_device: list[EncodedJpeg | None] = [None] * len(images)
+        for index, image in enumerate(images):
+            # Light on the CPU is not enough: Pillow decodes a large JPEG at a reduced scale,
+            # the device in full, so its pixels bound what one image holds of device memory.
+            small = image.info.width * image.info.height <= self.heavy_pixels
+            if jpegs_on_device and lanes[index] is self.light and small and not statistics[index]:
+                position = index if len(images) > 1 else None
+                on_device[index] = decodable_on_device(image, position)
+                if on_device[index] is not None:
+                    lanes[index], estimates[index] = None, 0.0
+        for lane in {*lanes} - {None}:
             extra = sum(cost for cost, used in zip(estimates, lanes, strict=True) if used is lane)
             if lane.backlog_s > 0 and lane.wait_s(extra) > max_latency_s:
                 retry_after = max(1, math.ceil(lane.wait_s()))
@@ -196,8 +221,15 @@ class DecodePool:
                     retry_after=retry_after,
                 )
         for lane, cost in zip(lanes, estimates, strict=True):
-            lane.hold(cost)
-        return [Admitted(*held) for held in zip(images, lanes, estimates, strict=True)]
+            if lane is not None:
+                lane.hold(cost)
+        return [
+            Admitted(*held)
+            for held in zip(images, lanes, estimates, statistics, on_device, strict=True)
+        ]
+
+    def _draw_statistics(self) -> bool:
+        return self.statistics_share >= 1 or random.random() < self.statistics_share
 
     # -- decoding ---------------------------------------------------------------------------
     async def decode(
@@ -207,7 +239,13 @@ class DecodePool:
         client error, naming its position when the request had several."""
         futures = []
         for held in images:
-            future: Future = held.lane.executor.submit(self._decode_one, held.image, preprocessors)
+            if held.on_device is not None:
+                held.image.image.close()  # the header was all it was opened for
+                futures.append(_done((held.image.info, [held.on_device] * len(preprocessors))))
+                continue
+            future: Future = held.lane.executor.submit(
+                self._decode_one, held.image, preprocessors, held.statistics
+            )
             # Released when decoded, failed, or cancelled before it started (a client gone).
             future.add_done_callback(lambda _, lane=held.lane, s=held.estimate_s: lane.release(s))
             futures.append(asyncio.wrap_future(future))
@@ -221,9 +259,10 @@ class DecodePool:
                 raise item
         return decoded
 
-    def _decode_one(self, opened: OpenedImage, preprocessors: list[Preprocessor]) -> Decoded:
+    def _decode_one(
+        self, opened: OpenedImage, preprocessors: list[Preprocessor], statistics: bool
+    ) -> Decoded:
         started = time.perf_counter()
-        statistics = self.statistics_share >= 1 or random.random() < self.statistics_share
         try:
             image, info = preprocessors[0].decode(opened, statistics)
             tensors = [preprocessor.to_tensor(image) for preprocessor in preprocessors]
@@ -250,3 +289,9 @@ class DecodePool:
     def close(self) -> None:
         self.light.executor.shutdown(wait=True)
         self.heavy.executor.shutdown(wait=True)
+
+
+def _done(result: Decoded) -> asyncio.Future:
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(result)
+    return future

@@ -17,8 +17,14 @@ from pathlib import Path
 import torch
 import torchvision
 
+from ..errors import ServiceError
 from ..settings import DEFAULT_ARCHITECTURE, Settings
+from .device_decoding import EncodedJpeg, decode_batch
 from .preprocessing import Preprocessor
+
+# What the batcher hands the model per image: pixels decoded on the CPU
+# (Preprocessor.to_tensor), or a JPEG to decode with the batch (device_decoding.py).
+Pixels = torch.Tensor | EncodedJpeg
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +129,9 @@ class Classifier:
         self.weights_sha256 = sha256_of(self.weights_path)
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.jpeg_on_device = settings.jpeg_decode == "device" or (
+            settings.jpeg_decode == "auto" and self.device.type == "cuda"
+        )
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         is_lite = cfg.architecture == DEFAULT_ARCHITECTURE
@@ -200,6 +209,26 @@ class Classifier:
             return (1,)
         return tuple(sorted({self.run_size(size) for size in range(1, largest + 1)}))
 
+    def run_batch(self, images: list[Pixels]) -> list[torch.Tensor | ServiceError]:
+        """One batch of the batcher's: each image's probability row, or the client error of a
+        JPEG that turned out broken when decoded here (the others are answered all the same).
+        Run on the model thread, stacking included: a copy this size is a parallel region, and
+        a parallel region on another thread starts a second OpenMP team (model_thread.py)."""
+        pixels: list[torch.Tensor | ServiceError] = list(images)
+        jpegs = [i for i, image in enumerate(images) if isinstance(image, EncodedJpeg)]
+        if jpegs:
+            decoded = decode_batch([images[i] for i in jpegs], self.preprocessor, self.device)
+            for i, item in zip(jpegs, decoded, strict=True):
+                pixels[i] = item
+        good = [i for i, item in enumerate(pixels) if isinstance(item, torch.Tensor)]
+        if good:
+            # Stacked where most of the batch is: on the device once some were decoded there.
+            device = self.device if jpegs else torch.device("cpu")
+            rows = self.infer(torch.stack([pixels[i].to(device) for i in good]))
+            for i, row in zip(good, rows, strict=True):
+                pixels[i] = row
+        return pixels
+
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         """N x 3 x H x W uint8 pixels (Preprocessor.to_tensor) -> N x classes probabilities
         (float32, CPU). The pixels cross to the device as bytes and are normalised there."""
@@ -243,6 +272,7 @@ class Classifier:
             "dtype": str(self.dtype).removeprefix("torch."),
             "channels_last": self.memory_format == torch.channels_last,
             "compile": self.compiled,
+            "jpeg_decode": "device" if self.jpeg_on_device else "pillow",
             "parameters": self.parameters,
             "input_size": [3, self.preprocessor.input_size, self.preprocessor.input_size],
             "preprocessing": {

@@ -136,7 +136,9 @@ class ClassificationPipeline:
         # the decodes will cost is admitted before any is paid (decoding.py).
         opened = self.decoder.open(images, preprocessors[0])
         variant.batcher.check_admission(len(images))
-        admitted = self.decoder.admit(opened, variant.batcher.max_latency_s)
+        admitted = self.decoder.admit(
+            opened, variant.batcher.max_latency_s, variant.classifier.jpeg_on_device
+        )
         # The light images hold their places in the queue while they decode; heavy ones arrive
         # one slow decode at a time and hold none (decoding.py says why).
         with variant.batcher.reserve(sum(not image.heavy for image in admitted)):

@@ -67,17 +67,23 @@ class Preprocessor:
         )
         return torch.from_numpy(np.array(pixels, dtype=np.uint8)).permute(2, 0, 1)
 
-    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
-        """The centre crop, in the source image's coordinates."""
+    def resized_geometry(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """torchvision's Resize(resize_size) + CenterCrop(input_size) of a width x height
+        image: the resized width and height, and the crop's left and top in them."""
         short, long = min(width, height), max(width, height)
         resized_long = int(self.resize_size * long / short)  # as torchvision rounds it
         if width <= height:
             resized_width, resized_height = self.resize_size, resized_long
         else:
             resized_width, resized_height = resized_long, self.resize_size
-        scale_x, scale_y = width / resized_width, height / resized_height
         left = round((resized_width - self.input_size) / 2.0)
         top = round((resized_height - self.input_size) / 2.0)
+        return resized_width, resized_height, left, top
+
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The centre crop, in the source image's coordinates."""
+        resized_width, resized_height, left, top = self.resized_geometry(width, height)
+        scale_x, scale_y = width / resized_width, height / resized_height
         return (
             left * scale_x,
             top * scale_y,

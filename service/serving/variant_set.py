@@ -31,7 +31,7 @@ class VariantSet:
     def _batcher_for(self, name: str, on_batch) -> AdaptiveBatcher:
         batching = self.settings.batching
         return AdaptiveBatcher(
-            lambda batch: self._variants[name].classifier.infer(batch),
+            lambda images: self._variants[name].classifier.run_batch(images),
             max_batch_size=batching.max_batch_size,
             max_queue_size=batching.max_queue_size,
             max_latency_ms=batching.max_latency_ms,

@@ -1,13 +1,16 @@
 """The GPU path, on a host with CUDA (`make test-gpu`): fp16 and channels_last chosen at run time,
-the same answers as float32 on the CPU, and `bentoml serve` serving from the GPU.
+the same answers as float32 on the CPU, JPEGs decoded in batches with nvJPEG, and `bentoml
+serve` serving from the GPU.
 
 Not part of `make test`, which must pass on machines without a GPU; docs/gpu.md records a run."""
 
 import httpx
 import pytest
 import torch
-from support import ServiceProcess, metric, photo
+from support import ServiceProcess, jpeg_of, jpeg_without_quantization_tables, metric, photo
 
+from service.errors import ServiceError
+from service.serving.device_decoding import decodable_on_device
 from service.serving.model import Classifier
 from service.settings import Settings
 
@@ -82,3 +85,50 @@ def test_batches_run_at_few_warmed_shapes_and_padding_changes_no_row(on_gpu):
     assert padded.shape[0] == 3
     for row, tensor in zip(padded, tensors, strict=True):
         assert (row - on_gpu.infer(tensor[None])[0]).abs().max().item() < 0.01
+
+
+# Not drafted by Pillow (their shorter side is under twice the resize), so both paths decode in
+# full: tests/unit/test_device_decoding.py says why the larger ones differ.
+JPEGS = {
+    "rocket.jpg": photo("rocket.jpg"),
+    "coffee": jpeg_of("coffee.png", quality=95),
+    "chelsea": jpeg_of("chelsea.png", quality=95),
+}
+
+
+def test_nvjpeg_decodes_a_batch_with_the_pillow_paths_answers(on_gpu):
+    assert on_gpu.jpeg_on_device and on_gpu.card()["jpeg_decode"] == "device"
+    cpu = Classifier(Settings(device="cpu"))
+    pillow = cpu.run_batch([cpu.preprocessor(data)[0] for data in JPEGS.values()])
+    jpegs = [decodable_on_device(on_gpu.preprocessor.open(data), None) for data in JPEGS.values()]
+    nvjpeg = on_gpu.run_batch(jpegs)
+    for name, on_cpu, on_device in zip(JPEGS, pillow, nvjpeg, strict=True):
+        assert on_device.argmax() == on_cpu.argmax(), name
+        assert (on_device - on_cpu).abs().max().item() < 0.02, name
+
+
+def test_a_jpeg_nvjpeg_cannot_decode_fails_alone(on_gpu):
+    broken = decodable_on_device(on_gpu.preprocessor.open(jpeg_without_quantization_tables()), 1)
+    good = decodable_on_device(on_gpu.preprocessor.open(JPEGS["coffee"]), 0)
+    rows = on_gpu.run_batch([good, broken])
+    assert on_gpu.labels[rows[0].argmax()] == "espresso"
+    assert isinstance(rows[1], ServiceError) and rows[1].code == "not_an_image"
+
+
+def test_the_service_decodes_jpegs_on_the_gpu(tmp_path):
+    server = ServiceProcess(tmp_path, {"BENTO_FLEET_DRIFT__STATISTICS_SHARE": "0.000001"}).start()
+    try:
+        answer = httpx.post(
+            server.url + "/classify", files={"image": ("c.jpg", JPEGS["coffee"])}, timeout=60
+        )
+        assert answer.status_code == 200 and answer.json()["label"] == "espresso", answer.text
+        decoded = 'bento_fleet_device_decoded_images_total{outcome="decoded"}'
+        assert metric(server, decoded) == 1
+        broken = httpx.post(
+            server.url + "/classify",
+            files={"image": ("b.jpg", jpeg_without_quantization_tables())},
+            timeout=60,
+        )
+        assert (broken.status_code, broken.json()["error"]["code"]) == (400, "not_an_image")
+    finally:
+        server.stop()

@@ -18,12 +18,15 @@ class RecordingModel:
         self.seconds_per_batch = seconds_per_batch
         self.fail = fail
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        self.batches.append(len(batch))
+    def __call__(self, images: list[torch.Tensor]) -> list[torch.Tensor | Exception]:
+        self.batches.append(len(images))
         time.sleep(self.seconds_per_batch)
         if self.fail:
             raise RuntimeError("CUDA out of memory")
-        return batch[:, :1].clone()
+        return [
+            ServiceError("not_an_image", "broken") if image[0] < 0 else image[:1].clone()
+            for image in images
+        ]
 
 
 def items(n):
@@ -140,6 +143,24 @@ def test_model_failure_reaches_every_request_of_the_batch_and_the_batcher_goes_o
     results, after = asyncio.run(scenario())
     assert all(isinstance(r, RuntimeError) for r in results)
     assert len(after) == 1
+
+
+def test_an_image_that_fails_in_its_batch_fails_its_own_request_only():
+    model = RecordingModel(0.05)
+
+    async def scenario():
+        batcher = make(model)
+        busy = asyncio.ensure_future(batcher.submit(items(1)))  # the next ones batch together
+        await asyncio.sleep(0.01)
+        broken = [torch.full((2,), -1.0)]
+        return await asyncio.gather(
+            batcher.submit(items(2)), batcher.submit(broken), busy, return_exceptions=True
+        )
+
+    good, broken, _ = asyncio.run(scenario())
+    assert model.batches == [1, 3]
+    assert [row.item() for row in good] == [0.0, 1.0]
+    assert isinstance(broken, ServiceError) and broken.code == "not_an_image"
 
 
 def test_cancelled_requests_are_skipped():

@@ -188,3 +188,21 @@ def test_an_offline_install_without_a_wheelhouse_fails_early_naming_it():
     output = " ".join((result.stdout + result.stderr).split())
     assert result.returncode != 0, output[-2000:]
     assert "bento_service_pip_no_index is true but bento_service_pip_find_links is empty" in output
+
+
+def test_a_cpu_host_is_served_by_one_process_and_a_bad_worker_count_is_refused():
+    config = apps[0].file("/opt/bento-fleet/current/config.yaml").content_string
+    assert "workers: 1" in config.splitlines() and "torch_threads" not in config
+    assert service_get(apps[0], "/model")["workers"] == 1  # its torch threads use every core
+    result = run_playbook(
+        "playbooks/inference.yml",
+        "--limit",
+        "fleet-app1",
+        "--tags",
+        "preflight",
+        "-e",
+        json.dumps({"bento_service_workers": 0}),
+    )
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0, output[-2000:]
+    assert "bento_service_workers (auto or 1-64, got 0)" in output

@@ -40,6 +40,8 @@
 their batch where the model runs (nvJPEG on a GPU; service/serving/device_decoding.py): run it
 beside the default on a GPU host for the ceiling with CPU and with GPU decode. The images drawn
 for drift statistics (drift.statistics_share) still take the Pillow path, as in production.
+`--workers N` serves with N worker processes (each its own model copy), to find a GPU host's
+count.
 
 Speed is reported as medians and ratios measured in this one run: these machines are shared
 and absolute numbers drift by tens of percent from one run to the next.
@@ -792,6 +794,9 @@ def main() -> None:
     parser.add_argument("--burst-clients", type=int, default=4)
     parser.add_argument("--server-tree", default=str(REPO), help="the checkout to serve")
     parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes of every server (workers)"
+    )
+    parser.add_argument(
         "--jpeg-decode",
         choices=("auto", "pillow", "device"),
         default="auto",
@@ -805,6 +810,7 @@ def main() -> None:
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     # Read by the servers' settings and the ceiling's process alike.
     os.environ["BENTO_FLEET_JPEG_DECODE"] = args.jpeg_decode
+    os.environ["BENTO_FLEET_WORKERS"] = str(args.workers)
     images = uploads()
 
     compile_modes = args.compile.split(",")
@@ -872,6 +878,7 @@ def main() -> None:
         "duration_per_run_s": args.duration,
         "rounds": args.rounds,
         "upload": "320x240 JPEG, quality 90",
+        "settings": {"workers": args.workers, "jpeg_decode": args.jpeg_decode},
         "ceilings": ceilings,
         "summary": rows,
         "runs": runs,

@@ -174,8 +174,9 @@ def test_the_verify_playbook_passes_through_the_gateway():
     assert "espresso" in result.stdout and "not_an_image" in result.stdout
 
 
-def test_an_offline_install_without_a_wheelhouse_fails_early_naming_it():
-    settings = {"bento_service_pip_no_index": True, "bento_service_pip_find_links": []}
+def refused_by_the_inference_preflight(extra_vars: dict) -> str:
+    """The inference play's preflight on fleet-app1 with these variables: it must fail; its
+    output, whitespace folded, for the message."""
     result = run_playbook(
         "playbooks/inference.yml",
         "--limit",
@@ -183,10 +184,16 @@ def test_an_offline_install_without_a_wheelhouse_fails_early_naming_it():
         "--tags",
         "preflight",
         "-e",
-        json.dumps(settings),
+        json.dumps(extra_vars),
     )
     output = " ".join((result.stdout + result.stderr).split())
     assert result.returncode != 0, output[-2000:]
+    return output
+
+
+def test_an_offline_install_without_a_wheelhouse_fails_early_naming_it():
+    settings = {"bento_service_pip_no_index": True, "bento_service_pip_find_links": []}
+    output = refused_by_the_inference_preflight(settings)
     assert "bento_service_pip_no_index is true but bento_service_pip_find_links is empty" in output
 
 
@@ -194,15 +201,5 @@ def test_a_cpu_host_is_served_by_one_process_and_a_bad_worker_count_is_refused()
     config = apps[0].file("/opt/bento-fleet/current/config.yaml").content_string
     assert "workers: 1" in config.splitlines() and "torch_threads" not in config
     assert service_get(apps[0], "/model")["workers"] == 1  # its torch threads use every core
-    result = run_playbook(
-        "playbooks/inference.yml",
-        "--limit",
-        "fleet-app1",
-        "--tags",
-        "preflight",
-        "-e",
-        json.dumps({"bento_service_workers": 0}),
-    )
-    output = " ".join((result.stdout + result.stderr).split())
-    assert result.returncode != 0, output[-2000:]
+    output = refused_by_the_inference_preflight({"bento_service_workers": 0})
     assert "bento_service_workers (auto or 1-64, got 0)" in output

@@ -214,6 +214,32 @@ def prediction_record(i: int):
     )
 
 
+def log_observations(engine, observed) -> None:
+    """Model m version 1's answers, with these observations, in the prediction log."""
+    from service.store.log import PredictionRecord, insert_ignoring_duplicates
+
+    records = [
+        PredictionRecord(
+            request_id=f"r{i}",
+            model_name="m",
+            model_version="1",
+            class_index=o.class_index,
+            label="x",
+            confidence=o.confidence,
+            latency_ms=10.0,
+            image_width=o.width,
+            image_height=o.height,
+            image_bytes=o.file_size,
+            brightness=o.brightness,
+            contrast=o.contrast,
+            saturation=o.saturation,
+            sharpness=o.sharpness,
+        )
+        for i, o in enumerate(observed)
+    ]
+    insert_ignoring_duplicates(engine, records)
+
+
 class PostgresCluster:
     """A throwaway PostgreSQL server (Debian's packages) on a free loopback port."""
 

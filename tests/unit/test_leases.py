@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from sqlalchemy import create_engine, func, select
-from support import together
+from support import log_observations, together
 from test_drift import observations
 
 from service.modelops.drift import Profile
@@ -16,7 +16,6 @@ from service.settings import Settings
 from service.store import drift_runs as drift_store
 from service.store.db import migrate
 from service.store.leases import claim, holder_of
-from service.store.log import PredictionRecord, insert_ignoring_duplicates
 from service.store.schema import DriftResult
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -47,30 +46,6 @@ def test_a_lease_lapses_on_its_own_and_jobs_are_separate(tmp_path):
     assert holder_of(engine, "drift:1")[0] == "b" and holder_of(engine, "nothing") is None
 
 
-def log_predictions(engine, observed) -> None:
-    """Model m version 1's answers, with these observations, in the prediction log."""
-    records = [
-        PredictionRecord(
-            request_id=f"r{i}",
-            model_name="m",
-            model_version="1",
-            class_index=o.class_index,
-            label="x",
-            confidence=o.confidence,
-            latency_ms=10.0,
-            image_width=o.width,
-            image_height=o.height,
-            image_bytes=o.file_size,
-            brightness=o.brightness,
-            contrast=o.contrast,
-            saturation=o.saturation,
-            sharpness=o.sharpness,
-        )
-        for i, o in enumerate(observed)
-    ]
-    insert_ignoring_duplicates(engine, records)
-
-
 def test_workers_that_find_the_drift_job_due_together_store_one_run(tmp_path):
     path = tmp_path / "p.db"
     settings = Settings(database={"url": f"sqlite:///{path}"}, drift={"min_samples": 30})
@@ -80,7 +55,7 @@ def test_workers_that_find_the_drift_job_due_together_store_one_run(tmp_path):
     drift_store.save_reference(
         first, "m", "1", "test", Profile.from_observations(observations(rng, 200))
     )
-    log_predictions(first, observations(rng, 100))
+    log_observations(first, observations(rng, 100))
     workers = [ModelOps(settings, engine) for engine in engines(path, 6)]
     for i, worker in enumerate(workers):
         worker.holder = f"worker-{i}"  # one process here; separate processes differ by pid
@@ -98,7 +73,7 @@ def test_the_first_predictions_become_the_reference_only_when_the_operator_says_
     path = tmp_path / "p.db"
     engine = create_engine(f"sqlite:///{path}")
     migrate(engine)
-    log_predictions(engine, observations(np.random.default_rng(1), 600))
+    log_observations(engine, observations(np.random.default_rng(1), 600))
     default = Settings(database={"url": f"sqlite:///{path}"}, drift={"min_samples": 30})
     assert run_drift_check(engine, default, "m", "1").status == DriftStatus.NO_REFERENCE
     assert drift_store.latest_reference(engine, "1") is None

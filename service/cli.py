@@ -80,7 +80,7 @@ def drift_reference(args, settings) -> int:
         source = f"images in {args.images}"
     else:
         profile = Profile.from_observations(
-            drift_store.first_predictions(engine, version, args.first)
+            *drift_store.first_predictions(engine, version, args.first)
         )
         source = f"first {args.first} predictions"
         if profile.samples < args.first:

@@ -263,6 +263,14 @@ class DriftSettings(BaseModel):
         "saturation, sharpness) are computed for drift: about 1.2 ms of CPU an image, a third "
         "of the stack's own cost. Size, aspect, confidence and class are kept for every image",
     )
+    statistics_per_second: float = Field(
+        20.0,
+        gt=0,
+        description="... and at most this many images a second per worker, whatever the share: "
+        "a GPU worker answering a thousand images a second would otherwise spend more than a "
+        "core on them. The drift job takes them from the latest window_count images that have "
+        "them, so a busy host still compares as many",
+    )
     # 0 by default: the first predictions after a deploy are whatever the public sent, and a
     # reference built from them can hide drift (or invent it). The operator chooses the data.
     reference_first_n: int = Field(

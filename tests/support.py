@@ -214,8 +214,11 @@ def prediction_record(i: int):
     )
 
 
-def log_observations(engine, observed) -> None:
-    """Model m version 1's answers, with these observations, in the prediction log."""
+def log_observations(engine, observed, start=None) -> None:
+    """Model m version 1's answers with these drift observations, in the prediction log; one
+    millisecond apart from `start` when given (else logged now)."""
+    from datetime import timedelta
+
     from service.store.log import PredictionRecord, insert_ignoring_duplicates
 
     records = [
@@ -234,6 +237,7 @@ def log_observations(engine, observed) -> None:
             contrast=o.contrast,
             saturation=o.saturation,
             sharpness=o.sharpness,
+            **({"created_at": start + timedelta(milliseconds=i)} if start else {}),
         )
         for i, o in enumerate(observed)
     ]

@@ -34,6 +34,8 @@ CONTINUOUS_FEATURES = (
     "file_size",
     "confidence",
 )
+# Computed for a sample of the images only (drift.statistics_share, statistics_per_second).
+PIXEL_STATISTICS = ("brightness", "contrast", "saturation", "sharpness")
 CLASS_FEATURE = "top_class"
 MAX_PROFILE_VALUES = 5000  # per feature: KS needs a sample, not every value ever seen
 PSI_BINS = 10  # the reference's most frequent classes get a bin each, the rest share one
@@ -68,7 +70,14 @@ class Profile:
     samples: int
 
     @classmethod
-    def from_observations(cls, observations: Iterable[Observation]) -> Profile:
+    def from_observations(
+        cls,
+        observations: Iterable[Observation],
+        with_statistics: Iterable[Observation] | None = None,
+    ) -> Profile:
+        """The profile of `observations`; its pixel statistics from `with_statistics` where
+        given: on a busy host only a few of the latest images have them, so the drift job reads
+        as many of those as it reads images (store/drift_runs.py)."""
         values: dict[str, list[float]] = {name: [] for name in CONTINUOUS_FEATURES}
         classes: Counter[str] = Counter()
         samples = 0
@@ -76,6 +85,13 @@ class Profile:
             samples += 1
             classes[str(observation.class_index)] += 1
             for name, value in observation.features().items():
+                if with_statistics is not None and name in PIXEL_STATISTICS:
+                    continue
+                if value is not None and math.isfinite(value):
+                    values[name].append(float(value))
+        for observation in with_statistics or ():
+            for name in PIXEL_STATISTICS:
+                value = getattr(observation, name)
                 if value is not None and math.isfinite(value):
                     values[name].append(float(value))
         rng = np.random.default_rng(0)

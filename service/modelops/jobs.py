@@ -80,7 +80,7 @@ def run_drift_check(
     ):
         first = drift_store.first_predictions(engine, model_version, first_n)
         source = f"first {first_n} predictions"
-        profile = Profile.from_observations(first)
+        profile = Profile.from_observations(*first)
         drift_store.save_reference(engine, model_name, model_version, source, profile)
         log.info("drift: reference for %s %s from its %s", model_name, model_version, source)
         reference = drift_store.latest_reference(engine, model_version)
@@ -89,7 +89,7 @@ def run_drift_check(
     recent = drift_store.recent_predictions(
         engine, model_version, config.window_count, config.window_s
     )
-    current = Profile.from_observations(recent)
+    current = Profile.from_observations(*recent)
     check = DriftCheck(
         model_name,
         model_version,

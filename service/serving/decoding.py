@@ -34,8 +34,9 @@ places for the light ones only): they reach the model one lane-slow decode at a 
 holding their places for seconds would refuse every other client meanwhile.
 
 The pixel statistics that drift detection compares are computed for a random share of the
-images (drift.statistics_share): a drift test needs a sample, not every image, and they cost
-more CPU than decoding a small photo.
+images (drift.statistics_share), and for at most drift.statistics_per_second of them (a token
+bucket): a drift test needs a sample, not every image, and they cost more CPU than decoding a
+small photo; at a GPU worker's thousands of images a second even a small share would cost cores.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -153,10 +155,19 @@ class DecodePool:
         statistics_share: float = 1.0,
         heavy_decode_ms: float = 100.0,
         max_pixels: int = 40_000_000,
+        statistics_per_second: float = math.inf,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.light = _Lane("light", light_threads)
         self.heavy = _Lane("heavy", 1, nice=HEAVY_LANE_NICE)
         self.statistics_share = statistics_share
+        self.statistics_per_second = statistics_per_second
+        self._clock = clock
+        # The token bucket holds a second's worth (one image at least): an idle spell buys no
+        # burst beyond it.
+        self._statistics_capacity = max(1.0, min(statistics_per_second, 1e9))
+        self._statistics_tokens = self._statistics_capacity
+        self._statistics_refilled = clock()
         self.heavy_s = heavy_decode_ms / 1000.0
         self.heavy_pixels = max_pixels // 4
         self.correction = dict.fromkeys(SECONDS_PER_MEGAPIXEL, 1.0)
@@ -229,7 +240,20 @@ class DecodePool:
         ]
 
     def _draw_statistics(self) -> bool:
-        return self.statistics_share >= 1 or random.random() < self.statistics_share
+        """Whether this image gets its pixel statistics: drawn by the share, then within the
+        rate. Called on the event loop only (admit), so the bucket needs no lock."""
+        if self.statistics_share < 1 and random.random() >= self.statistics_share:
+            return False
+        if math.isinf(self.statistics_per_second):
+            return True
+        now = self._clock()
+        earned = (now - self._statistics_refilled) * self.statistics_per_second
+        self._statistics_tokens = min(self._statistics_capacity, self._statistics_tokens + earned)
+        self._statistics_refilled = now
+        if self._statistics_tokens < 1:
+            return False
+        self._statistics_tokens -= 1
+        return True
 
     # -- decoding ---------------------------------------------------------------------------
     async def decode(

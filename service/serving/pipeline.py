@@ -56,6 +56,7 @@ class ClassificationPipeline:
         self.recent = RecentRequests()
         self.decoder = DecodePool(
             statistics_share=settings.drift.statistics_share,
+            statistics_per_second=settings.drift.statistics_per_second,
             heavy_decode_ms=settings.limits.heavy_decode_ms,
             max_pixels=settings.limits.max_pixels,
         )

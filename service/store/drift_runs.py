@@ -32,20 +32,24 @@ _OBSERVED = (
 )
 
 
-def first_predictions(engine: Engine, model_version: str, count: int) -> list[Observation]:
+# A window of the log: its rows, and the rows of the same span that have pixel statistics, as
+# many as it has rows (Profile.from_observations).
+Window = tuple[list[Observation], list[Observation]]
+
+
+def first_predictions(engine: Engine, model_version: str, count: int) -> Window:
     query = (
         select(*_OBSERVED)
         .where(Prediction.model_version == model_version)
         .order_by(Prediction.created_at)
         .limit(count)
     )
-    with engine.connect() as connection:
-        return _observations(connection.execute(query))
+    return _window(engine, query)
 
 
 def recent_predictions(
     engine: Engine, model_version: str, count: int, window_s: float, now: datetime | None = None
-) -> list[Observation]:
+) -> Window:
     since = (now or datetime.now(UTC)) - timedelta(seconds=window_s)
     query = (
         select(*_OBSERVED)
@@ -53,8 +57,16 @@ def recent_predictions(
         .order_by(Prediction.created_at.desc())
         .limit(count)
     )
+    return _window(engine, query)
+
+
+def _window(engine: Engine, query) -> Window:
     with engine.connect() as connection:
-        return _observations(connection.execute(query))
+        rows = _observations(connection.execute(query))
+        with_statistics = _observations(
+            connection.execute(query.where(Prediction.brightness.is_not(None)))
+        )
+    return rows, with_statistics
 
 
 def count_predictions(engine: Engine, model_version: str) -> int:

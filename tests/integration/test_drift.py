@@ -50,7 +50,8 @@ def drift_service(tmp_path_factory, pictures):
         "BENTO_FLEET_DRIFT__WINDOW_COUNT": str(COUNT),
         "BENTO_FLEET_DRIFT__INTERVAL_S": "2",
         "BENTO_FLEET_DRIFT__REFERENCE_FIRST_N": "0",
-        "BENTO_FLEET_DRIFT__STATISTICS_SHARE": "1",  # each of the 80 photos counts
+        "BENTO_FLEET_DRIFT__STATISTICS_SHARE": "1",  # each of the 80 photos counts ...
+        "BENTO_FLEET_DRIFT__STATISTICS_PER_SECOND": "100000",  # ... however fast they come
     }
     folder = state / "reference-images"
     folder.mkdir()

@@ -63,3 +63,36 @@ def test_too_few_samples_give_no_ks_verdict_but_the_profile_round_trips():
     assert Profile.from_json(reference.to_json()) == reference
     results = compare(reference, reference, DriftSettings(min_samples=30))
     assert [r.feature for r in results] == ["top_class"]
+
+
+def test_a_busy_windows_pixel_statistics_come_from_its_latest_images_that_have_them(tmp_path):
+    # On a busy host the statistics are rate-capped: of the latest 400 images only a few
+    # have them, so the window reads the latest 400 that do, and still compares 400.
+    from dataclasses import replace
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import create_engine
+    from support import log_observations
+
+    from service.store.db import migrate
+    from service.store.drift_runs import recent_predictions
+
+    engine = create_engine(f"sqlite:///{tmp_path}/p.db")
+    migrate(engine)
+    without = {"brightness": None, "contrast": None, "saturation": None, "sharpness": None}
+    observed = [  # one image in five has statistics, spread over the log
+        o if i % 5 == 0 else replace(o, **without)
+        for i, o in enumerate(observations(np.random.default_rng(3), 2000))
+    ]
+    log_observations(engine, observed, start=datetime.now(UTC) - timedelta(minutes=30))
+
+    rows, with_statistics = recent_predictions(engine, "1", 400, window_s=3600)
+    assert len(rows) == len(with_statistics) == 400
+    assert sum(o.brightness is not None for o in rows) == 80
+    assert all(o.brightness is not None for o in with_statistics)
+    profile = Profile.from_observations(rows, with_statistics)
+    assert profile.samples == len(profile.values["width"]) == 400
+    assert len(profile.values["brightness"]) == len(profile.values["sharpness"]) == 400
+    assert len(Profile.from_observations(rows).values["brightness"]) == 80  # the window alone
+    reference = Profile.from_observations(observations(np.random.default_rng(4), 400))
+    assert drifted(reference, profile) == set()

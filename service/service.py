@@ -64,7 +64,7 @@ IN_PROCESS = "in-process"  # labelled_by of feedback given by a caller in the sa
     # The ASGI tracing middleware opens a span per body chunk of every upload: a fifth of the
     # event loop's time under load. Trace the inference routes only when you export traces.
     tracing={"excluded_urls": ["/classify", "/classify_batch"]},
-    resources={"gpu": 1} if settings.device.startswith("cuda") else None,
+    resources={"gpu": settings.gpus} if settings.device.startswith("cuda") else None,
 )
 @bentoml.asgi_app(app, path="/")
 class ImageClassifier:

@@ -319,6 +319,14 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     database: DatabaseSettings = DatabaseSettings()
     workers: int = Field(1, ge=1, le=64)
+    gpus: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="GPUs a CUDA host's service may use: BentoML makes that many visible to "
+        "every worker, and with device cuda each worker serves on one of them in turn (worker 1 "
+        "on the first, worker 2 on the second, ...). The bento_service role sets it",
+    )
     torch_threads: int | None = Field(None, ge=1, description="Intra-op threads (CPU)")
     state_dir: Path = Field(Path("var"), description="Prediction DB (SQLite) and spool")
     variants: list[VariantSettings] = Field(

@@ -53,12 +53,24 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_device(requested: str) -> torch.device:
+def resolve_device(requested: str, worker_index: int | None = None) -> torch.device:
+    """The device to serve on. `cuda` (or `auto` on a CUDA host) with several GPUs visible: the
+    worker's own, in turn (worker 1 on the first, 2 on the second, ...), so that a host's
+    workers spread over its GPUs (settings `gpus`); `cuda:N` names one."""
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device={requested} but CUDA is not available on this host")
+    if requested == "cuda" and worker_index and torch.cuda.device_count() > 1:
+        return torch.device("cuda", (worker_index - 1) % torch.cuda.device_count())
     return torch.device(requested)
+
+
+def serving_worker_index() -> int | None:
+    """This process's worker number under `bentoml serve` (1, 2, ...); None elsewhere."""
+    from bentoml import server_context
+
+    return server_context.worker_index
 
 
 def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
@@ -127,7 +139,7 @@ class Classifier:
         self.labels = [label.strip() for label in self.labels if label.strip()]
         self.weights_path = cfg.weights_path or default_weights_path()
         self.weights_sha256 = sha256_of(self.weights_path)
-        self.device = resolve_device(settings.device)
+        self.device = resolve_device(settings.device, serving_worker_index())
         self.dtype = resolve_dtype(settings.dtype, self.device)
         self.jpeg_on_device = settings.jpeg_decode == "device" or (
             settings.jpeg_decode == "auto" and self.device.type == "cuda"

@@ -122,3 +122,18 @@ def test_a_compiled_model_answers_as_the_eager_one_on_padded_shapes(tmp_path):
     expected, actual = eager.infer(pixels), compiled.infer(pixels)  # runs as a batch of 2
     assert actual.shape == (2, 3)
     assert torch.allclose(actual, expected, atol=1e-4)
+
+
+def test_a_hosts_workers_spread_over_its_gpus(monkeypatch):
+    # The device choice alone (tests/gpu serves on a real one): four GPUs visible.
+    from service.serving.model import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    chosen = [resolve_device("cuda", worker) for worker in range(1, 9)]
+    assert [device.index for device in chosen] == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert resolve_device("auto", 6) == torch.device("cuda", 1)
+    assert resolve_device("cuda:3", 6) == torch.device("cuda", 3)  # named: kept
+    assert resolve_device("cuda", None) == torch.device("cuda")  # not under bentoml serve
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda", 3) == torch.device("cuda")

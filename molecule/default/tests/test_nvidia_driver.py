@@ -90,8 +90,12 @@ def test_a_gpu_host_gets_cuda_the_device_nodes_and_a_unit_that_may_open_them():
     """A host with an NVIDIA GPU on its PCI bus (given here, as extra vars outrank the role's
     scan) is served on CUDA, with a root oneshot that makes the device nodes before the service
     and a unit allowed to open them, whether or not the nodes exist yet (check mode)."""
-    # ... on 16 cores (extra vars outrank the facts too): four workers, four torch threads each.
-    gpu = {"nvidia_driver_detected_gpus": ["0000:01:00.0"], "bento_service_cpu_cores": 16}
+    # ... with 3 GPUs and 16 cores (extra vars outrank the facts too): a worker per 4 cores,
+    # rounded up to two per GPU, and their torch threads sharing the cores.
+    gpu = {
+        "nvidia_driver_detected_gpus": ["0000:01:00.0", "0000:02:00.0", "0000:03:00.0"],
+        "bento_service_cpu_cores": 16,
+    }
     result = run_playbook(
         "playbooks/inference.yml",
         "--limit",
@@ -106,7 +110,7 @@ def test_a_gpu_host_gets_cuda_the_device_nodes_and_a_unit_that_may_open_them():
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "+device: cuda" in output  # never device: auto, which would fall back to the CPU
-    assert "+workers: 4" in output and "+torch_threads: 4" in output
+    assert "+gpus: 3" in output and "+workers: 6" in output and "+torch_threads: 2" in output
     assert "+DeviceAllow=char-nvidia-uvm rw" in output and "-PrivateDevices=true" in output
     assert "+After=bento-fleet-nvidia-devices.service" in output
     assert "/usr/local/libexec/bento-fleet-nvidia-devices" in output

@@ -35,11 +35,14 @@ from .model import Pixels
 from .model_thread import model_executor
 
 
-def choose_batch_cap(seconds_per_image: dict[int, float], tolerance: float = 0.10) -> int:
+def choose_batch_cap(seconds_per_image: dict[int, float], tolerance: float = 0.05) -> int:
     """The largest batch size whose cost per image is within `tolerance` of the cheapest.
 
     As fast as the best, and it drains a burst in fewer passes; the tolerance keeps timing
-    noise from pinning the cap to 1 when sizes are in fact equally fast.
+    noise from pinning the cap to 1 when sizes are in fact equally fast. 5%, not 10%: with the
+    fastest of interleaved rounds (Classifier.profile_batch_sizes) the noise is smaller, and at
+    10% two start-ups in three on the 2-core host capped at 8, 6-9% behind batch 4 there and
+    20-50% behind it on real images in-process.
     """
     best = min(seconds_per_image.values())
     return max(size for size, cost in seconds_per_image.items() if cost <= best * (1 + tolerance))

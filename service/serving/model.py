@@ -177,23 +177,31 @@ class Classifier:
             self.infer(torch.zeros(batch_size, 3, size, size, dtype=torch.uint8))
         self.ready = True
 
-    def profile_batch_sizes(self, sizes: list[int], rounds: int = 3) -> dict[int, float]:
-        """Seconds per image at each batch size (median of rounds); warms each shape too.
+    def profile_batch_sizes(self, sizes: list[int], rounds: int = 5) -> dict[int, float]:
+        """Seconds per image at each batch size (its fastest round); warms each shape too.
 
         Bigger is not always faster: on a 2-core CPU EfficientNet-Lite0 runs fastest per image
-        at batch 1-4 (activations of larger batches spill out of cache), on a GPU at the largest.
+        at batch 2-4 (activations of larger batches spill out of cache), on a GPU at the largest.
+        The rounds are interleaved (every size once, then again), so a noisy moment of a shared
+        host spreads over all sizes instead of sinking one, and each size keeps its fastest
+        round: noise only ever adds time. The median of three rounds of each size in turn let
+        one slow round of batch 4 put it 10% behind, and start-ups chose 8 where 4 serves
+        faster (docs/serving.md).
         """
         size = self.preprocessor.input_size
-        profile = {}
-        for batch_size in sorted(set(sizes)):
-            batch = torch.zeros(batch_size, 3, size, size, dtype=torch.uint8)
+        batches = {
+            batch_size: torch.zeros(batch_size, 3, size, size, dtype=torch.uint8)
+            for batch_size in sorted(set(sizes))
+        }
+        for batch in batches.values():
             self.infer(batch)  # the first run of a shape pays for lazy initialisation
-            timings = []
-            for _ in range(rounds):
+        profile = dict.fromkeys(batches, float("inf"))
+        for _ in range(rounds):
+            for batch_size, batch in batches.items():
                 started = time.perf_counter()
                 self.infer(batch)
-                timings.append((time.perf_counter() - started) / batch_size)
-            profile[batch_size] = sorted(timings)[len(timings) // 2]
+                elapsed = (time.perf_counter() - started) / batch_size
+                profile[batch_size] = min(profile[batch_size], elapsed)
         return profile
 
     @property

@@ -181,8 +181,11 @@ def test_cancelled_requests_are_skipped():
 
 
 def test_batch_cap_is_the_largest_size_about_as_fast_as_the_best():
-    cpu = {1: 0.029, 2: 0.035, 4: 0.0305, 8: 0.040, 16: 0.046, 32: 0.070}
-    assert choose_batch_cap(cpu) == 4  # within 10% of batch 1, and drains bursts faster
+    cpu = {1: 0.029, 2: 0.035, 4: 0.0302, 8: 0.040, 16: 0.046, 32: 0.070}
+    assert choose_batch_cap(cpu) == 4  # within 5% of batch 1, and drains bursts faster
+    # A start-up's profile on the 2-core host: 8 is 6% behind 4, and serves slower.
+    start_up = {1: 0.0191, 2: 0.01455, 4: 0.01342, 8: 0.0142, 16: 0.01906, 32: 0.02561}
+    assert choose_batch_cap(start_up) == 4
     gpu = {1: 0.004, 2: 0.002, 4: 0.001, 8: 0.0005, 16: 0.00026, 32: 0.00025}
     assert choose_batch_cap(gpu) == 32
     assert choose_batch_cap({1: 0.01, 2: 0.02}) == 1

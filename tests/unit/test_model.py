@@ -1,5 +1,7 @@
 """The classifier in-process: the embedded default, a torchvision architecture, the model card."""
 
+import time
+
 import pytest
 import torch
 import torchvision
@@ -137,3 +139,20 @@ def test_a_hosts_workers_spread_over_its_gpus(monkeypatch):
     assert resolve_device("cuda", None) == torch.device("cuda")  # not under bentoml serve
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert resolve_device("cuda", 3) == torch.device("cuda")
+
+
+def test_batch_profiling_keeps_each_sizes_fastest_round(default_classifier, monkeypatch):
+    # A noisy spell over the first three rounds of five: what the size costs is the rest.
+    per_image_s = {1: 0.004, 2: 0.003, 4: 0.002, 8: 0.003}
+    calls = []
+
+    def infer(batch):
+        calls.append(len(batch))
+        noisy = len(calls) <= 4 + 3 * 4  # the warm-up passes, then three rounds of 4 sizes
+        time.sleep(len(batch) * per_image_s[len(batch)] * (3 if noisy else 1))
+
+    monkeypatch.setattr(default_classifier, "infer", infer)
+    profile = default_classifier.profile_batch_sizes([1, 2, 4, 8], rounds=5)
+    assert calls[4:8] == [1, 2, 4, 8]  # interleaved: every size once, then again
+    for size, cost in per_image_s.items():
+        assert cost <= profile[size] < cost * 1.5, (size, profile[size])

@@ -45,6 +45,12 @@ class ServiceError(Exception):
         self.message = message
         self.retry_after = retry_after
 
+    def about_image(self, index: int) -> ServiceError:
+        """This error, its message naming the image of a several-image request it is about (by
+        its field name, images[i])."""
+        self.message = f"images[{index}]: {self.message}"
+        return self
+
     @property
     def headers(self) -> dict[str, str] | None:
         if self.retry_after:

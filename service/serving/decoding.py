@@ -182,7 +182,7 @@ class DecodePool:
                 opened.append(preprocessor.open(data))
             except ServiceError as error:
                 if len(images) > 1:
-                    error.message = f"images[{index}]: {error.message}"
+                    error.about_image(index)
                 raise
         return opened
 
@@ -276,9 +276,7 @@ class DecodePool:
         decoded = await asyncio.gather(*futures, return_exceptions=True)
         for index, item in enumerate(decoded):
             if isinstance(item, ServiceError):
-                if len(images) > 1:
-                    item.message = f"images[{index}]: {item.message}"
-                raise item
+                raise item.about_image(index) if len(images) > 1 else item
             if isinstance(item, BaseException):
                 raise item
         return decoded

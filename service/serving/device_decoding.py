@@ -109,9 +109,7 @@ def _with_pillow(
     try:
         return preprocessor(jpeg.data)[0].to(device)
     except ServiceError as error:
-        if jpeg.position is not None:
-            error.message = f"images[{jpeg.position}]: {error.message}"
-        return error
+        return error if jpeg.position is None else error.about_image(jpeg.position)
 
 
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:

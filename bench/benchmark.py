@@ -583,7 +583,13 @@ def run_burst(args: argparse.Namespace, images: list[bytes]) -> None:
     report = burst_report(
         runs,
         burst_clients=args.burst_clients,
-        server_tree=str(Path(args.server_tree).resolve()),
+        # The served tree's commit, not its folder: a folder names this machine, not the code.
+        server_tree=subprocess.run(
+            ["git", "-C", args.server_tree, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip(),
         duration=args.duration,
         heavy_bytes=len(heavy),
     )

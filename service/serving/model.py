@@ -112,8 +112,9 @@ def fold_symmetric_same_padding(module: torch.nn.Module) -> torch.nn.Module:
     (every stride-1 layer: 12 of 17), the convolution's own zero padding is the same arithmetic
     without the copy; the stride-2 layers pad one side only, which conv2d cannot, and keep
     theirs. The parameters are untouched, so the state_dict loads as before, and the outputs
-    are equal. On a 2-core CPU the forward pass takes 8% less (batch 4: 12.6 -> 11.5 ms an
-    image, batch 1: 17.9 -> 16.6; medians of five interleaved rounds, 2026-12-04)."""
+    are equal. On a 2-core CPU the forward pass takes 3-7% less (batch 1: 17.7 -> 16.5 ms an
+    image, batch 4: 12.8 -> 12.4; medians of six runs, each in a process of its own,
+    interleaved, 2026-12-04)."""
     from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
 
     for layer in module.modules():

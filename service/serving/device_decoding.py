@@ -21,7 +21,12 @@ request, never the batch.
 The resize is torchvision's Resize + CenterCrop on the tensor (bilinear, antialiased): within
 a few grey levels of the Pillow path's one-pass box resample, and the same top-1 on the test
 photos. The pixel statistics for drift are not computed here: the images drawn for them
-(drift.statistics_share) take the Pillow path, so every statistic comes from one code.
+(drift.statistics_share, capped by drift.statistics_per_second) take the Pillow path, so every
+statistic comes from one code. A tensor version of image_statistics matches Pillow's to 0.1%
+on an image both decode in full (tried 2026-12-04), but Pillow decodes a JPEG twice the model's
+size or more at a reduced scale (libjpeg's DCT scaling), and on those the device's full decode
+gives a sharpness up to 26% lower: a fleet of CPU and GPU hosts would see its own hardware mix
+as drift.
 """
 
 from __future__ import annotations

@@ -36,6 +36,13 @@
    `--server-tree PATH` serves another checkout (e.g. a `git worktree` of an older commit) to
    compare with.
 
+5. `--images-per-request N`: every client sends N images a request to /classify_batch (the
+   issue's GPU bar: 32 a request, 6,000 images a second on one H100-class GPU). Throughput and
+   the stack's cost are per image; there is no storm, and the single-image targets are not
+   judged. With `--jpeg-decode device` on the CPU, the decode runs on the model thread and is
+   counted with the forward pass, so the stack's cost is what a GPU host's CPU spends on each
+   image beside nvJPEG: HTTP, multipart, the header, metrics and the prediction log.
+
 `--jpeg-decode device` serves every server, and measures the ceiling, with JPEGs decoded with
 their batch where the model runs (nvJPEG on a GPU; service/serving/device_decoding.py): run it
 beside the default on a GPU host for the ceiling with CPU and with GPU decode. The images drawn
@@ -85,6 +92,7 @@ MAX_LATENCY_MS = 2000  # batching.max_latency_ms's default: the longest queue wa
 # Twice batching.max_queue_size's default (64): 64 clients with one request each fit the queue
 # and are never refused, so a storm of 64 would not be one.
 STORM_CLIENTS = 128
+GPU_BATCH_TARGET_IMG_PER_S = 6000  # /classify_batch, 32 JPEGs a request, one H100-class GPU
 DEFAULT_OUTPUT = str(RESULTS / "benchmark.json")
 
 
@@ -178,27 +186,38 @@ def measure_ceiling(images: list[bytes], seconds: float, compile_mode: str) -> d
 
 # -- 2. the service ---------------------------------------------------------------------
 async def closed_loop(
-    url: str, images: list[bytes], concurrency: int, seconds: float, backoff: bool = True
+    url: str,
+    images: list[bytes],
+    concurrency: int,
+    seconds: float,
+    backoff: bool = True,
+    per_request: int = 1,
 ) -> dict:
-    """Clients that each send the next image once answered; on a 503 they wait its Retry-After
-    (capped at 1 s), or, with `backoff` off, send again at once: a retry storm."""
+    """Clients that each send the next image once answered (`per_request` > 1: that many
+    images to /classify_batch); on a 503 they wait its Retry-After (capped at 1 s), or, with
+    `backoff` off, send again at once: a retry storm."""
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     timeouts = 0
     retry_after_missing = 0
     stop_at = time.perf_counter() + seconds
     timeout = aiohttp.ClientTimeout(total=30)
+    route = "/classify" if per_request == 1 else "/classify_batch"
 
     async def client(index: int, session: aiohttp.ClientSession) -> None:
         nonlocal timeouts, retry_after_missing
-        sent = index
+        sent = index * per_request
         while time.perf_counter() < stop_at:
             form = aiohttp.FormData()
-            form.add_field("image", images[sent % len(images)], filename="p.jpg")
-            sent += concurrency
+            if per_request == 1:
+                form.add_field("image", images[sent % len(images)], filename="p.jpg")
+            for position in range(per_request if per_request > 1 else 0):
+                image = images[(sent + position) % len(images)]
+                form.add_field("images", image, filename=f"p{position}.jpg")
+            sent += concurrency * per_request
             t0 = time.perf_counter()
             try:
-                async with session.post(url + "/classify", data=form) as response:
+                async with session.post(url + route, data=form) as response:
                     await response.read()
                     status = response.status
                     retry_after = response.headers.get("Retry-After")
@@ -223,10 +242,12 @@ async def closed_loop(
     return {
         "concurrency": concurrency,
         "storm": not backoff,
+        "images_per_request": per_request,
         "seconds": elapsed,
         "requests": sum(statuses.values()),
         "ok": ok,
         "req_per_s": ok / elapsed,
+        "img_per_s": ok * per_request / elapsed,
         "p50_ms": percentile(latencies, 50) * 1000,
         "p95_ms": percentile(latencies, 95) * 1000,
         "p99_ms": percentile(latencies, 99) * 1000,
@@ -309,16 +330,23 @@ class Server:
 
 
 def measure(
-    server: Server, images: list[bytes], concurrency: int, seconds: float, backoff: bool = True
+    server: Server,
+    images: list[bytes],
+    concurrency: int,
+    seconds: float,
+    backoff: bool = True,
+    per_request: int = 1,
 ) -> dict:
     """One run of one level, with the server's and the load generator's CPU."""
     sum_before, count_before = server.batch_totals()
     server_before, own_before = server.cpu_seconds(), cpu_seconds()
     forward_before = server.forward_cpu_seconds()
-    result = asyncio.run(closed_loop(server.url, images, concurrency, seconds, backoff))
+    result = asyncio.run(
+        closed_loop(server.url, images, concurrency, seconds, backoff, per_request)
+    )
     server_cpu, own_cpu = server.cpu_seconds() - server_before, cpu_seconds() - own_before
     forward_cpu = server.forward_cpu_seconds() - forward_before
-    ok = result["ok"]
+    ok = result["ok"] * per_request  # images answered
     sum_after, count_after = server.batch_totals()
     batches, images_run = count_after - count_before, sum_after - sum_before
     result.update(
@@ -334,6 +362,17 @@ def measure(
         load_generator_cores=own_cpu / result["seconds"],
     )
     return result
+
+
+def commit_of(tree: Path) -> str:
+    """The served tree's commit, for the report: not its folder, which names this machine
+    rather than the code."""
+    return subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def spread(values: list[float]) -> dict:
@@ -366,7 +405,9 @@ def summarise(runs: list[dict]) -> list[dict]:
                 "server_cpu_ms_per_refusal": spread(
                     [r.get("server_cpu_ms_per_refusal") for r in group]
                 ),
+                "images_per_request": group[0].get("images_per_request", 1),
                 "req_per_s": spread([r["req_per_s"] for r in group]),
+                "img_per_s": spread([r.get("img_per_s", r["req_per_s"]) for r in group]),
                 "p50_ms": spread([r["p50_ms"] for r in group]),
                 "p95_ms": spread([r["p95_ms"] for r in group]),
                 "p99_ms": spread([r["p99_ms"] for r in group]),
@@ -388,19 +429,21 @@ def table(ceilings: dict, rows: list[dict]) -> str:
             return "-"
         return f"{value['median']:{fmt}} ({value['min']:{fmt}}-{value['max']:{fmt}})"
 
+    per_request = rows[0]["images_per_request"] if rows else 1
+    throughput = "req/s" if per_request == 1 else f"img/s ({per_request} a request)"
     lines = [
-        "| server | clients | req/s | vs. ceiling | p50 ms | p99 ms | p99/p50 | mean batch "
+        f"| server | clients | {throughput} | vs. ceiling | p50 ms | p99 ms | p99/p50 | mean batch "
         "| stack CPU ms/img | load gen. cores | responses | timeouts |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
-        ratio = r["req_per_s"]["median"] / ceilings[r["compile"]]["ceiling_img_per_s"]
+        ratio = r["img_per_s"]["median"] / ceilings[r["compile"]]["ceiling_img_per_s"]
         stall = r["p99_ms"]["median"] / r["p50_ms"]["median"] if r["p50_ms"]["median"] else 0
         clients = f"{r['concurrency']} storm" if r["storm"] else str(r["concurrency"])
         lines.append(
             f"| {r['server']} | {clients} "
-            f"| {cell(r['req_per_s'], '.1f')} | {ratio:.0%} | {cell(r['p50_ms'])} "
+            f"| {cell(r['img_per_s'], '.1f')} | {ratio:.0%} | {cell(r['p50_ms'])} "
             f"| {cell(r['p99_ms'])} | {stall:.1f} | {r['mean_batch_size']['median']:.2f} "
             f"| {cell(r['stack_cpu_ms_per_image'], '.1f')} "
             f"| {r['load_generator_cores']['median']:.2f} | {statuses} | {r['timeouts']} |"
@@ -413,12 +456,20 @@ def verdicts(ceiling: dict, rows: list[dict], server: str) -> dict:
     on = {r["concurrency"]: r for r in rows if r["server"] == server and not r["storm"]}
     storm = [r for r in rows if r["server"] == server and r["storm"]]
     result = {}
-    if 1 in on:
+    per_request = next(iter(on.values()))["images_per_request"] if on else 1
+    if per_request > 1:
+        # Batch requests (section 5): the single-image targets do not apply; on a GPU, the
+        # issue's bar is 6,000 images a second with 32 images a request.
+        best = max(r["img_per_s"]["median"] for r in on.values())
+        result["batch_img_per_s"] = round(best, 1)
+        if per_request == 32 and ceiling["device"].startswith("cuda"):
+            result["batch_target_met"] = best >= GPU_BATCH_TARGET_IMG_PER_S
+    if 1 in on and per_request == 1:
         budget = 1.25 * ceiling["single_image_p50_ms"] + 10
         result["c1_p50_ms"] = round(on[1]["p50_ms"]["median"], 1)
         result["c1_p50_budget_ms"] = round(budget, 1)
         result["c1_target_met"] = on[1]["p50_ms"]["median"] <= budget
-    if 32 in on:
+    if 32 in on and per_request == 1:
         c32 = on[32]
         fives = sum(v for k, v in c32["statuses"].items() if k.startswith("5"))
         ratio = c32["req_per_s"]["median"] / ceiling["ceiling_img_per_s"]
@@ -583,13 +634,7 @@ def run_burst(args: argparse.Namespace, images: list[bytes]) -> None:
     report = burst_report(
         runs,
         burst_clients=args.burst_clients,
-        # The served tree's commit, not its folder: a folder names this machine, not the code.
-        server_tree=subprocess.run(
-            ["git", "-C", args.server_tree, "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip(),
+        server_tree=commit_of(Path(args.server_tree)),
         duration=args.duration,
         heavy_bytes=len(heavy),
     )
@@ -689,7 +734,13 @@ IDLE_LEAVES = (
 )
 
 
-def profile(images: list[bytes], seconds: float, concurrency: int, backoff: bool = True) -> None:
+def profile(
+    images: list[bytes],
+    seconds: float,
+    concurrency: int,
+    backoff: bool = True,
+    per_request: int = 1,
+) -> None:
     """py-spy on the worker while `concurrency` clients load it (a retry storm without
     `backoff`); writes the raw stacks and a summary of where the CPU went (waits left out)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -718,7 +769,7 @@ def profile(images: list[bytes], seconds: float, concurrency: int, backoff: bool
             text=True,
         )
         time.sleep(1)  # py-spy attaches
-        result = measure(server, images, concurrency, seconds, backoff)
+        result = measure(server, images, concurrency, seconds, backoff, per_request)
         _, error = spy.communicate(timeout=60)
         if spy.returncode != 0:
             raise SystemExit(f"py-spy failed (it needs ptrace: run as root): {error[-500:]}")
@@ -727,9 +778,9 @@ def profile(images: list[bytes], seconds: float, concurrency: int, backoff: bool
     summary = summarise_profile(raw)
     (RESULTS / "profile.txt").write_text(summary)
     print(
-        f"{concurrency} clients{' (storm)' if not backoff else ''}: {result['req_per_s']:.1f} "
-        f"req/s, {result['refused_per_s']:.0f} refused/s, server "
-        f"{result['server_cpu_ms_per_image'] or 0:.1f} CPU ms per image answered\n"
+        f"{concurrency} clients{' (storm)' if not backoff else ''}, {per_request} image(s) a "
+        f"request: {result['img_per_s']:.1f} img/s, {result['refused_per_s']:.0f} refused/s, "
+        f"server {result['server_cpu_ms_per_image'] or 0:.1f} CPU ms per image answered\n"
     )
     print(summary)
     print(f"wrote {RESULTS / 'profile.txt'} and {raw}")
@@ -764,8 +815,8 @@ def summarise_profile(raw: Path, top: int = 30) -> str:
 def report_run(round_number: int, server: Server, result: dict) -> None:
     level = f"{result['concurrency']}{' storm' if result['storm'] else ''}"
     print(
-        f"  round {round_number} {server.name:>22} c={level:>8}: {result['req_per_s']:6.2f} "
-        f"req/s p50 {result['p50_ms']:6.0f} ms p99 {result['p99_ms']:6.0f} ms batch "
+        f"  round {round_number} {server.name:>22} c={level:>8}: {result['img_per_s']:6.2f} "
+        f"img/s p50 {result['p50_ms']:6.0f} ms p99 {result['p99_ms']:6.0f} ms batch "
         f"{result['mean_batch_size']:5.2f} server {result['server_cpu_ms_per_image'] or 0:5.1f} "
         f"CPU ms/img {result['statuses']}",
         flush=True,
@@ -809,10 +860,20 @@ def main() -> None:
         help="the jpeg_decode setting of every server and ceiling (device: with the batch, "
         "nvJPEG on a GPU)",
     )
+    parser.add_argument(
+        "--images-per-request",
+        type=int,
+        default=1,
+        metavar="N",
+        help="send N images a request to /classify_batch (section 5); no storm",
+    )
     parser.add_argument("--ceiling-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--output", default=DEFAULT_OUTPUT)
     args = parser.parse_args()
     levels = [int(level) for level in args.levels.split(",")]
+    per_request = args.images_per_request
+    if per_request > 1:
+        args.storm = 0  # the storm is about single-image clients (section 2)
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     # Read by the servers' settings and the ceiling's process alike.
     os.environ["BENTO_FLEET_JPEG_DECODE"] = args.jpeg_decode
@@ -824,7 +885,7 @@ def main() -> None:
         print(json.dumps(measure_ceiling(images, args.duration, compile_modes[0])))
         return
     if args.profile:
-        profile(images, args.profile, args.profile_clients, backoff=not args.profile_storm)
+        profile(images, args.profile, args.profile_clients, not args.profile_storm, per_request)
         return
     if args.burst:
         run_burst(args, images)
@@ -855,7 +916,9 @@ def main() -> None:
         for round_number in range(1, args.rounds + 1):
             for concurrency in levels:
                 for server in servers:
-                    result = measure(server, images, concurrency, args.duration)
+                    result = measure(
+                        server, images, concurrency, args.duration, per_request=per_request
+                    )
                     result["round"] = round_number
                     runs.append(result)
                     report_run(round_number, server, result)
@@ -881,10 +944,12 @@ def main() -> None:
     report = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "date": time.strftime("%Y-%m-%d"),
+        "commit": commit_of(REPO),
         "duration_per_run_s": args.duration,
         "rounds": args.rounds,
         "upload": "320x240 JPEG, quality 90",
         "settings": {"workers": args.workers, "jpeg_decode": args.jpeg_decode},
+        "images_per_request": per_request,
         "ceilings": ceilings,
         "summary": rows,
         "runs": runs,

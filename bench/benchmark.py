@@ -47,6 +47,8 @@
 their batch where the model runs (nvJPEG on a GPU; service/serving/device_decoding.py): run it
 beside the default on a GPU host for the ceiling with CPU and with GPU decode. The images drawn
 for drift statistics (drift.statistics_share) still take the Pillow path, as in production.
+`--architecture resnet50` serves and measures a torchvision architecture with random weights in
+place of the embedded EfficientNet-Lite0 (the issue's GPU bar is set on ResNet-50 fp16).
 `--workers N` serves with N worker processes (each its own model copy), to find a GPU host's
 count.
 
@@ -362,6 +364,27 @@ def measure(
         load_generator_cores=own_cpu / result["seconds"],
     )
     return result
+
+
+def random_weights(architecture: str) -> dict[str, str]:
+    """The settings that serve `architecture` with random weights (speed does not depend on
+    them), for every server and the ceiling. Made in a process of its own, as the ceiling is."""
+    weights = Path(tempfile.mkdtemp(prefix="bento-fleet-bench-")) / f"{architecture}.pt"
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, torch, torchvision; torch.save(torchvision.models.get_model("
+            "sys.argv[1], weights=None, num_classes=1000).state_dict(), sys.argv[2])",
+            architecture,
+            str(weights),
+        ],
+        check=True,
+    )
+    return {
+        "BENTO_FLEET_MODEL__ARCHITECTURE": architecture,
+        "BENTO_FLEET_MODEL__WEIGHTS_PATH": str(weights),
+    }
 
 
 def commit_of(tree: Path) -> str:
@@ -867,6 +890,12 @@ def main() -> None:
         metavar="N",
         help="send N images a request to /classify_batch (section 5); no storm",
     )
+    parser.add_argument(
+        "--architecture",
+        metavar="NAME",
+        help="serve this torchvision architecture with random weights (resnet50: the GPU "
+        "bar's model) in place of the embedded EfficientNet-Lite0",
+    )
     parser.add_argument("--ceiling-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--output", default=DEFAULT_OUTPUT)
     args = parser.parse_args()
@@ -878,6 +907,8 @@ def main() -> None:
     # Read by the servers' settings and the ceiling's process alike.
     os.environ["BENTO_FLEET_JPEG_DECODE"] = args.jpeg_decode
     os.environ["BENTO_FLEET_WORKERS"] = str(args.workers)
+    if args.architecture and not args.ceiling_only:
+        os.environ.update(random_weights(args.architecture))
     images = uploads()
 
     compile_modes = args.compile.split(",")
@@ -950,6 +981,7 @@ def main() -> None:
         "upload": "320x240 JPEG, quality 90",
         "settings": {"workers": args.workers, "jpeg_decode": args.jpeg_decode},
         "images_per_request": per_request,
+        "architecture": args.architecture or "efficientnet_lite0 (embedded weights)",
         "ceilings": ceilings,
         "summary": rows,
         "runs": runs,

@@ -222,9 +222,10 @@ async def closed_loop(
             form = aiohttp.FormData()
             if per_request == 1:
                 form.add_field("image", images[sent % len(images)], filename="p.jpg")
-            for position in range(per_request if per_request > 1 else 0):
-                image = images[(sent + position) % len(images)]
-                form.add_field("images", image, filename=f"p{position}.jpg")
+            else:
+                for position in range(per_request):
+                    image = images[(sent + position) % len(images)]
+                    form.add_field("images", image, filename=f"p{position}.jpg")
             sent += concurrency * per_request
             t0 = time.perf_counter()
             try:
@@ -437,9 +438,9 @@ def summarise(runs: list[dict]) -> list[dict]:
                 "server_cpu_ms_per_refusal": spread(
                     [r.get("server_cpu_ms_per_refusal") for r in group]
                 ),
-                "images_per_request": group[0].get("images_per_request", 1),
+                "images_per_request": group[0]["images_per_request"],
                 "req_per_s": spread([r["req_per_s"] for r in group]),
-                "img_per_s": spread([r.get("img_per_s", r["req_per_s"]) for r in group]),
+                "img_per_s": spread([r["img_per_s"] for r in group]),
                 "p50_ms": spread([r["p50_ms"] for r in group]),
                 "p95_ms": spread([r["p95_ms"] for r in group]),
                 "p99_ms": spread([r["p99_ms"] for r in group]),

@@ -15,7 +15,7 @@ MOLECULE_SCENARIOS ?= default
 export BENTO_FLEET_WHEELHOUSE ?= /var/cache/bento-fleet/molecule/wheelhouse
 
 .PHONY: venv serve build image test check test-deps lint unit integration test-gpu podman-host \
-	container-base molecule-host molecule molecule-bare bench bench-burst bench-profile clean
+	container-base molecule-host molecule molecule-bare bench bench-burst bench-profile bench-hop clean
 
 # The venv is rebuilt only when the pinned requirements change.
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
@@ -113,6 +113,10 @@ bench-burst: venv
 # Where the server's CPU goes under 16 clients (py-spy; root or ptrace rights).
 bench-profile: venv
 	$(BIN)/python bench/benchmark.py --profile 20
+
+# What a bentoml.depends hop costs, the price of a front/model split (bench/hop.py).
+bench-hop: venv
+	$(BIN)/python bench/hop.py
 
 clean:
 	rm -rf var bench/results .pytest_cache .ruff_cache

@@ -27,7 +27,10 @@
    named for the OS: service/serving/thread_names.py). What is left is HTTP, multipart,
    decoding, preprocessing, input statistics, metrics and the prediction log: divided into a
    GPU host's cores, it is what caps that host. The load generator's own CPU is reported
-   beside it (it shares this machine's cores).
+   beside it (it shares this machine's cores). Part of it is the workers' event loops (their
+   main threads: HTTP, multipart, routing, answers), one thread per worker process, so 1000
+   over its CPU ms per image bounds what one worker can take however many cores the host has
+   (`worker_loop_bound_img_per_s`).
 
 4. `--burst` (`make bench-burst`), on its own: a decompression-heavy burst against ordinary
    clients. `--burst-clients` clients (default 4) send batches of eight 40-megapixel PNGs of
@@ -314,11 +317,23 @@ class Server:
     def forward_cpu_seconds(self) -> float:
         """CPU time of the threads named for inference (the model's thread and torch's threads
         started from it: service/serving/thread_names.py), in every process of the server."""
+        return self._threads_cpu_seconds(lambda process, task, name: name == INFERENCE_THREAD)
+
+    def loop_cpu_seconds(self) -> float:
+        """CPU time of the workers' main threads: their event loops, which parse every request
+        and answer it. One thread each: what a worker process can take is bounded by it."""
+        root = self.process.process.pid
+        return self._threads_cpu_seconds(
+            lambda process, task, name: process.pid != root and task == process.pid
+        )
+
+    def _threads_cpu_seconds(self, chosen) -> float:
         ticks = 0
         for process in self.processes():
             for task in Path(f"/proc/{process.pid}/task").glob("*"):
                 try:
-                    if (task / "comm").read_text().strip() != INFERENCE_THREAD:
+                    name = (task / "comm").read_text().strip()
+                    if not chosen(process, int(task.name), name):
                         continue
                     fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
                 except OSError:  # the thread ended meanwhile
@@ -352,12 +367,13 @@ def measure(
     """One run of one level, with the server's and the load generator's CPU."""
     sum_before, count_before = server.batch_totals()
     server_before, own_before = server.cpu_seconds(), cpu_seconds()
-    forward_before = server.forward_cpu_seconds()
+    forward_before, loop_before = server.forward_cpu_seconds(), server.loop_cpu_seconds()
     result = asyncio.run(
         closed_loop(server.url, images, concurrency, seconds, backoff, per_request)
     )
     server_cpu, own_cpu = server.cpu_seconds() - server_before, cpu_seconds() - own_before
     forward_cpu = server.forward_cpu_seconds() - forward_before
+    loop_cpu = server.loop_cpu_seconds() - loop_before
     ok = result["ok"] * per_request  # images answered
     sum_after, count_after = server.batch_totals()
     batches, images_run = count_after - count_before, sum_after - sum_before
@@ -370,6 +386,7 @@ def measure(
         forward_cpu_s=forward_cpu,
         server_cpu_ms_per_image=server_cpu * 1000 / ok if ok else None,
         stack_cpu_ms_per_image=(server_cpu - forward_cpu) * 1000 / ok if ok else None,
+        loop_cpu_ms_per_image=loop_cpu * 1000 / ok if ok else None,
         load_generator_cpu_s=own_cpu,
         load_generator_cores=own_cpu / result["seconds"],
     )
@@ -447,6 +464,7 @@ def summarise(runs: list[dict]) -> list[dict]:
                 "mean_batch_size": spread([r["mean_batch_size"] for r in group]),
                 "server_cpu_ms_per_image": spread([r["server_cpu_ms_per_image"] for r in group]),
                 "stack_cpu_ms_per_image": spread([r["stack_cpu_ms_per_image"] for r in group]),
+                "loop_cpu_ms_per_image": spread([r["loop_cpu_ms_per_image"] for r in group]),
                 "load_generator_cores": spread([r["load_generator_cores"] for r in group]),
                 "statuses": dict(statuses),
                 "timeouts": sum(r["timeouts"] for r in group),
@@ -466,8 +484,8 @@ def table(ceilings: dict, rows: list[dict]) -> str:
     throughput = "req/s" if per_request == 1 else f"img/s ({per_request} a request)"
     lines = [
         f"| server | clients | {throughput} | vs. ceiling | p50 ms | p99 ms | p99/p50 | mean batch "
-        "| stack CPU ms/img | load gen. cores | responses | timeouts |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| stack CPU ms/img | event loop CPU ms/img | load gen. cores | responses | timeouts |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
@@ -479,6 +497,7 @@ def table(ceilings: dict, rows: list[dict]) -> str:
             f"| {cell(r['img_per_s'], '.1f')} | {ratio:.0%} | {cell(r['p50_ms'])} "
             f"| {cell(r['p99_ms'])} | {stall:.1f} | {r['mean_batch_size']['median']:.2f} "
             f"| {cell(r['stack_cpu_ms_per_image'], '.1f')} "
+            f"| {cell(r['loop_cpu_ms_per_image'], '.2f')} "
             f"| {r['load_generator_cores']['median']:.2f} | {statuses} | {r['timeouts']} |"
         )
     return "\n".join(lines)
@@ -514,6 +533,10 @@ def verdicts(ceiling: dict, rows: list[dict], server: str) -> dict:
         stack = statistics.median(r["stack_cpu_ms_per_image"]["median"] for r in loaded)
         result["stack_cpu_ms_per_image"] = round(stack, 2)
         result["stack_target_met"] = stack <= 3.0
+        loop = statistics.median(r["loop_cpu_ms_per_image"]["median"] for r in loaded)
+        result["loop_cpu_ms_per_image"] = round(loop, 2)
+        # One worker's event loop is one thread: at most this many images a second each.
+        result["worker_loop_bound_img_per_s"] = round(1000 / loop)
     stalls = {
         c: round(on[c]["p99_ms"]["median"] / on[c]["p50_ms"]["median"], 2)
         for c in (16, 32, 64)

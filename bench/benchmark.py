@@ -72,6 +72,7 @@ import os
 import platform
 import re
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -880,6 +881,9 @@ def report_run(round_number: int, server: Server, result: dict) -> None:
 
 
 def main() -> None:
+    # A time limit's SIGTERM (scripts/gpu-run's) ends the run through its `finally`, which stops
+    # the servers: killed outright, the bench would leave their workers loading the next run.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=10, help="seconds per run of a level")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each level, interleaved")
@@ -973,10 +977,10 @@ def main() -> None:
     print("served: bentoml serve on loopback, closed-loop clients", flush=True)
     servers = [Server(compile_mode=compile_modes[0]), Server(batching=False)]
     servers += [Server(compile_mode=mode) for mode in compile_modes[1:]]
-    for server in servers:
-        server.start()
     runs = []
     try:
+        for server in servers:  # inside: one that fails to start stops those already up
+            server.start()
         for round_number in range(1, args.rounds + 1):
             for concurrency in levels:
                 for server in servers:

@@ -33,6 +33,7 @@ import asyncio
 import collections
 import json
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -197,6 +198,9 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    # A time limit's SIGTERM (scripts/gpu-run's) ends the run through its `finally`, which stops
+    # the servers: killed outright, the bench would leave their workers loading the next run.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per run")
@@ -207,9 +211,9 @@ def main() -> None:
     args = parser.parse_args()
 
     server = HopServer(args.front_workers)
-    server.process.start(probe="/readyz")
     runs = []
     try:
+        server.process.start(probe="/readyz")
         for route in ROUTES:  # warm every route's connections and code
             asyncio.run(closed_loop(server.process.url, route, 1, 4, 2))
         for round_number in range(1, args.rounds + 1):

@@ -158,9 +158,20 @@ class ServiceProcess:
     def start(self, timeout_s: float = 120, probe: str = "/readyz") -> ServiceProcess:
         """Start it and return once `probe` answers 200 (/livez: the server is up, the model
         may still be loading)."""
-        bentoml = Path(sys.executable).parent / "bentoml"
+        # `python -m bentoml`, not the script beside python: a lent GPU machine has BentoML
+        # in a folder on PYTHONPATH (scripts/gpu-run), with no script in python's folder.
         self.process = subprocess.Popen(
-            [str(bentoml), "serve", *self.target, "--host", "127.0.0.1", "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                *self.target,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
             cwd=self.cwd,
             env=self.env,
             stdout=self.log_path.open("ab"),

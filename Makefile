@@ -47,8 +47,8 @@ test-deps:
 	scripts/install-test-deps.sh
 
 lint: venv
-	$(BIN)/ruff check service tests bench molecule
-	$(BIN)/ruff format --check service tests bench molecule
+	$(BIN)/ruff check service tests bench molecule scripts
+	$(BIN)/ruff format --check service tests bench molecule scripts
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint --profile production
 

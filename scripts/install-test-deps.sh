@@ -8,6 +8,8 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 # The operator's age key pair in Molecule: backups are encrypted to it (postgresql_backup).
 command -v age-keygen >/dev/null || need+=(age)
+# The gateway's Retry-After rule, on the gateway role's package.
+[ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -eq 0 ]; then
   echo "test deps: already installed"
   exit 0
@@ -21,4 +23,5 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # The tests start their own throwaway clusters; the packaged one is not needed.
 systemctl disable --now postgresql >/dev/null 2>&1 || true
+systemctl disable --now nginx >/dev/null 2>&1 || true  # the test starts its own
 echo "test deps: installed ${need[*]}"

@@ -42,12 +42,8 @@ from pathlib import Path
 
 import aiohttp
 import psutil
-from benchmark import RESULTS, commit_of, cpu_seconds, percentile, spread
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "tests")]
-
-from support import ServiceProcess  # noqa: E402
+from benchmark import REPO, RESULTS, commit_of, cpu_seconds, percentile, spread
+from support import ServiceProcess  # on the path benchmark.py sets: the repository's tests/
 
 ROUTES = ("direct", "jpeg", "pixels")
 TARGETS = {1: 2500, 32: 6000}  # issue 14's GPU bars, images a second: /classify, /classify_batch

@@ -101,34 +101,56 @@ def _ok(response: httpx.Response | Exception) -> bool:
 
 class ClientLoad:
     """Clients sending classifications through the gateway until stopped, each answer kept
-    (`responses`; a dropped connection as its exception) and its status in `results`."""
+    (`responses`; a dropped connection as its exception), its status in `results`, and when it
+    was sent and how long it took in `timings`: a failing test prints them (`timeline`)."""
 
     def __init__(self, clients: int = 2):
         self.results: list[int | str] = []
         self.responses: list[httpx.Response | Exception] = []
+        self.timings: list[tuple[float, float]] = []  # (sent, seconds since start; took, s)
+        self._started = time.monotonic()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
 
     def _run(self):
         while not self._stop.is_set():
+            sent = time.monotonic()
             try:
                 response = classify(timeout=60)
             except Exception as error:  # noqa: BLE001 - a dropped connection is a failed request too
-                self.responses.append(error)
-                self.results.append(repr(error))
-                continue
-            self.responses.append(response)
-            self.results.append(response.status_code)
+                response = error
+            with self._lock:
+                self.timings.append((sent - self._started, time.monotonic() - sent))
+                self.responses.append(response)
+                self.results.append(
+                    response.status_code if isinstance(response, httpx.Response) else repr(response)
+                )
 
     def answered(self) -> list[httpx.Response]:
-        return [r for r in self.responses if isinstance(r, httpx.Response) and r.status_code == 200]
+        return [r for r in self.responses if _ok(r)]
 
     def refused(self) -> list[httpx.Response | Exception]:
-        return [
-            r for r in self.responses if not isinstance(r, httpx.Response) or r.status_code != 200
-        ]
+        return [r for r in self.responses if not _ok(r)]
+
+    def timeline(self) -> str:
+        """Every request in the order sent: when, how long, and what came back (a refusal's
+        error code and message), for a failing assertion's message."""
+        lines = []
+        for (sent, took), response in sorted(
+            zip(self.timings, self.responses, strict=True), key=lambda pair: pair[0]
+        ):
+            if _ok(response):
+                outcome = "200"
+            elif isinstance(response, httpx.Response):
+                outcome = f"{response.status_code} {response.text[:160]}"
+            else:
+                outcome = repr(response)
+            lines.append(f"{sent:7.2f}s +{took:5.2f}s {outcome}")
+        return "\n".join(lines)
 
     def __enter__(self):
+        self._started = time.monotonic()
         for thread in self._threads:
             thread.start()
         return self

@@ -116,9 +116,9 @@ def assert_only_retryable_refusals(load: ClientLoad) -> dict[str, int]:
     no timeout, no HTML); returns how many of each code."""
     codes: dict[str, int] = {}
     for response in load.refused():
-        assert isinstance(response, httpx.Response), f"a request failed outright: {response!r}"
-        assert response.status_code in (502, 503), (response.status_code, response.text)
-        assert int(response.headers["retry-after"]) >= 1, response.headers
+        assert isinstance(response, httpx.Response), load.timeline()
+        assert response.status_code in (502, 503), load.timeline()
+        assert int(response.headers.get("retry-after", 0)) >= 1, (response.headers, load.timeline())
         code = f"{response.status_code} {response.json()['error']['code']}"
         codes[code] = codes.get(code, 0) + 1
     return codes
@@ -145,7 +145,7 @@ def test_kill_9_under_load_costs_clients_only_refusals_they_can_retry():
     assert int(restarts) >= 1
     refusals = assert_only_retryable_refusals(load)
     print(f"kill -9 under load: {len(load.answered())} answered, refused {refusals}")
-    assert len(load.answered()) > 20
+    assert len(load.answered()) > 20, load.timeline()
     assert classify().status_code == 200
 
 
@@ -154,9 +154,10 @@ def test_a_postgresql_restart_under_load_loses_no_prediction():
         time.sleep(3)
         database.check_output("systemctl restart postgresql")
         time.sleep(8)
-    assert assert_only_retryable_refusals(load) == {}  # the log spools: nobody waits for it
+    # The log spools: nobody waits for it.
+    assert assert_only_retryable_refusals(load) == {}, load.timeline()
     ids = {response.json()["request_id"] for response in load.answered()}
-    assert len(ids) > 20
+    assert len(ids) > 20, load.timeline()
     listed = ",".join(f"'{request_id}'" for request_id in sorted(ids))
     query = f"SELECT count(*) FROM predictions WHERE request_id IN ({listed})"
 

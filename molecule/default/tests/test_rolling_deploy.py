@@ -81,8 +81,7 @@ def test_a_rolling_deploy_under_load_fails_no_request(bento_file):
         assert (
             card["weights_path"] == f"{release}/models/{STORED_MODEL.replace(':', '/')}/weights.pt"
         )
-    failures = [r for r in load.results if r != 200]
-    assert len(load.results) > 20 and failures == [], failures[:10]
+    assert len(load.results) > 20 and not load.refused(), load.timeline()
     for app in apps:  # the Bento reused the venv of the same pins: no second torch install
         assert len(app.file("/opt/bento-fleet/venvs").listdir()) == 1
         assert app.file("/opt/bento-fleet/previous").is_symlink

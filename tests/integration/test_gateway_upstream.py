@@ -1,18 +1,27 @@
-"""The gateway's Retry-After rule, on Debian's nginx: the `map` and the `add_header` of
-roles/nginx/templates/bento-fleet.conf.j2 (rendered with the role's default), in front of one
-host that is down and one that refuses with a 503 and its own Retry-After, each left out for a
-minute once it fails (as the gateway's max_fails does).
+"""The gateway's upstream rules, on Debian's nginx: the Retry-After `map` and `add_header`, the
+passive health (`max_fails`, `fail_timeout`) and the classification's `proxy_next_upstream` of
+roles/nginx/templates/bento-fleet.conf.j2, rendered with the role's defaults, in front of
+hosts played by small HTTP servers (a refusing one, a recovering one) and ports nobody listens
+on (a host that is down).
 
-Molecule runs the whole gateway under load; this pins the one case a kill under load found
-there: the last host tried refused, the next was down, and Nginx answered its own 502 with the
-refusing host's header in the map's key, so with no Retry-After at all."""
+Molecule runs the whole gateway under load; these pin what runs there found:
+- the last host tried refused, the next was down, and Nginx answered its own 502 with the
+  refusing host's header in the map's key, so with no Retry-After at all;
+- Nginx counted a host's 503 refusals as failures (http_503 in proxy_next_upstream): three in
+  fail_timeout took the last host up out of the upstream, and every client got a 502 "no live
+  upstreams" for the next ten seconds while that host had room again."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -23,26 +32,86 @@ from support import REPO, free_port
 
 ROLE = REPO / "roles" / "nginx"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"  # /usr/sbin is not on every user's PATH
+DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
 
 
-def gateway_lines() -> str:
-    """The template's Retry-After map and header, rendered with the role's defaults."""
-    template = (ROLE / "templates" / "bento-fleet.conf.j2").read_text()
-    block = re.search(r'^map "\$status:\$upstream_http_retry_after".*?^}$', template, re.M | re.S)
-    header = re.search(r"^\s*add_header Retry-After .*$", template, re.M)
-    assert block and header, "the gateway template no longer has its Retry-After rule"
-    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
-    lines = f"{block.group(0)}\n{header.group(0)}"
-    return jinja2.Template(lines).render(nginx_retry_after=defaults["nginx_retry_after"])
+def template_rules(servers: list[str]) -> dict[str, str]:
+    """The template's rules for a gateway in front of `servers`, with the role's defaults."""
+    template = jinja2.Template((ROLE / "templates" / "bento-fleet.conf.j2").read_text())
+    text = template.render(
+        {
+            **DEFAULTS,
+            "nginx_server_names": ["gateway.test"],
+            "nginx_upstream_servers": servers,
+            "nginx_public_paths": ["/classify"],
+        }
+    )
+    rules = {
+        "map": re.search(r'^map "\$status:\$upstream_http_retry_after".*?^}$', text, re.M | re.S),
+        "header": re.search(r"^\s*add_header Retry-After .*$", text, re.M),
+        "upstream": re.search(r"^upstream bento_fleet_inference \{.*?^}$", text, re.M | re.S),
+        "classify": re.search(
+            r"location = /classify \{.*?^\s*(proxy_next_upstream [^;]*;)", text, re.M | re.S
+        ),
+    }
+    missing = [name for name, found in rules.items() if not found]
+    assert not missing, f"the gateway template no longer has its {missing} rules"
+    return {
+        "map": rules["map"].group(0),
+        "header": rules["header"].group(0).strip(),
+        "upstream": rules["upstream"].group(0),
+        "classify": rules["classify"].group(1),
+    }
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
+class Host(BaseHTTPRequestHandler):
+    """An inference host: refuses its first `refusals` classifications with the service's own
+    503 (overloaded, Retry-After: 5), then answers them."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        server = self.server
+        with server.lock:
+            server.seen += 1
+            refuse = server.seen <= server.refusals
+        body = (
+            {"error": {"code": "overloaded", "message": "server is at capacity"}}
+            if refuse
+            else {"label": "espresso"}
+        )
+        data = json.dumps(body).encode()
+        self.send_response(503 if refuse else 200)
+        if refuse:
+            self.send_header("Retry-After", "5")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):  # quiet: pytest shows the assertions
+        pass
+
+
+@contextmanager
+def host(refusals: int) -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Host)
+    server.lock, server.seen, server.refusals = threading.Lock(), 0, refusals
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def gateway(work: Path, ports: list[int]) -> Iterator[str]:
+    """Nginx with the template's rules in front of hosts on `ports`."""
     if not Path(NGINX).exists():
         pytest.fail("nginx is not installed: run scripts/install-test-deps.sh")
-    work = tmp_path_factory.mktemp("nginx")
-    port, refusing, down = free_port(), free_port(), free_port()
-    map_block, header = gateway_lines().rsplit("\n", 1)
+    rules = template_rules([f"127.0.0.1:{each}" for each in ports])
+    port = free_port()
     temp_paths = "\n".join(
         f"{name}_temp_path {work}/{name};"
         for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -55,50 +124,68 @@ events {{}}
 http {{
     access_log off;
     {temp_paths}
-    {map_block}
-    # As the gateway: a host that fails (or refuses) is left out for a while.
-    upstream hosts {{
-        server 127.0.0.1:{down} max_fails=1 fail_timeout=60s;
-        server 127.0.0.1:{refusing} max_fails=1 fail_timeout=60s;
-    }}
-    server {{  # the refusing host: an overloaded service's answer
-        listen 127.0.0.1:{refusing};
-        location / {{
-            add_header Retry-After 5 always;
-            return 503 '{{"error": {{"code": "overloaded"}}}}';
-        }}
-    }}
+    {rules["map"]}
+    {rules["upstream"]}
     server {{
         listen 127.0.0.1:{port};
-        {header}
-        location / {{
-            proxy_pass http://hosts;
-            proxy_next_upstream error timeout http_502 http_503 non_idempotent;
+        {rules["header"]}
+        location = /classify {{
+            {rules["classify"]}
+            proxy_pass http://bento_fleet_inference;
         }}
     }}
 }}
 """)
     process = subprocess.Popen([NGINX, "-c", str(work / "nginx.conf")], stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url + "/", timeout=1)
-            break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(10)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                httpx.get(url + "/", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
-def test_every_refusal_says_when_to_retry_and_the_services_own_stays_alone(gateway):
-    answers = [httpx.post(gateway + "/classify", content=b"x", timeout=10) for _ in range(4)]
+def classify(url: str) -> httpx.Response:
+    return httpx.post(url + "/classify", content=b"jpeg", timeout=10)
+
+
+def test_a_refusal_reaches_the_client_and_leaves_the_host_in_the_upstream(tmp_path):
+    """One host is down, the other refuses six times and then has room: its refusals reach
+    the client as its own (body, Retry-After), and it serves at once after them. When Nginx
+    counted them as failures, half of them became Nginx's 502s and, from the fourth on, every
+    answer was a 502 "no live upstreams" while the host had room: [503, 502, 503, 502, 502, ...]
+    on Debian 12's nginx 1.22."""
+    with host(refusals=6) as recovering, gateway(tmp_path, [free_port(), recovering]) as url:
+        answers = [classify(url) for _ in range(12)]
     statuses = [answer.status_code for answer in answers]
-    assert set(statuses) <= {502, 503} and 502 in statuses, statuses
+    assert statuses == [503] * 6 + [200] * 6, statuses
+    for answer in answers[:6]:
+        assert answer.json()["error"]["code"] == "overloaded", answer.text
+        assert answer.headers.get_list("retry-after") == ["5"], answer.headers
+
+
+def test_every_refusal_says_when_to_retry_and_the_services_own_stays_alone(tmp_path):
+    """A host that refuses every request and one that is down; then both down: Nginx's own
+    502 carries the role's Retry-After whatever the hosts it tried said, the service's 503
+    keeps its own alone."""
+    with host(refusals=10**6) as refusing, gateway(tmp_path, [free_port(), refusing]) as url:
+        answers = [classify(url) for _ in range(4)]
+    statuses = [answer.status_code for answer in answers]
+    assert statuses == [503] * 4, statuses
     for answer in answers:
-        values = answer.headers.get_list("retry-after")
-        if answer.status_code == 503:  # the refusing host's own answer, passed through
-            assert values == ["5"], answer.headers
-        else:  # Nginx's own 502: the role's Retry-After, whatever the hosts it tried said
-            assert values == ["1"], (statuses, answer.headers)
+        assert answer.headers.get_list("retry-after") == ["5"], answer.headers
+    with gateway(tmp_path, [free_port(), free_port()]) as url:
+        answers = [classify(url) for _ in range(4)]
+    for answer in answers:
+        assert answer.status_code == 502, answer.text
+        retry_after = str(DEFAULTS["nginx_retry_after"])
+        assert answer.headers.get_list("retry-after") == [retry_after], answer.headers

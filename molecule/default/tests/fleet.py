@@ -14,10 +14,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[3]
 SMOKE_IMAGE = (REPO / "playbooks/files/smoke.jpg").read_bytes()
+INFERENCE_VARS = yaml.safe_load((REPO / "molecule/default/molecule.yml").read_text())[
+    "provisioner"
+]["inventory"]["group_vars"]["inference"]
 # The labeler's API key, as the scenario's inventory gives it to the inference hosts.
-LABELER = yaml.safe_load((REPO / "molecule/default/molecule.yml").read_text())["provisioner"][
-    "inventory"
-]["group_vars"]["inference"]["bento_service_api_keys"][0]
+LABELER = INFERENCE_VARS["bento_service_api_keys"][0]
+# The service's settings there: a deploy that sets its own keeps these.
+SCENARIO_SETTINGS = INFERENCE_VARS["bento_service_settings"]
 
 gateway = testinfra.get_host("podman://fleet-gw")
 apps = [testinfra.get_host("podman://fleet-app1"), testinfra.get_host("podman://fleet-app2")]

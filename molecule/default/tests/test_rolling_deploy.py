@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fleet import REPO, ClientLoad, apps, classify, gateway, service_get
+from fleet import REPO, SCENARIO_SETTINGS, ClientLoad, apps, classify, gateway, service_get
 from playbook_runner import run_playbook
 
 # The embedded model's own weights, imported into BentoML's model store under a tag whose version
@@ -63,10 +63,7 @@ def test_a_rolling_deploy_under_load_fails_no_request(bento_file):
     with ClientLoad() as load:
         result = deploy(
             bento_service_bento_file=str(bento_file),
-            bento_service_settings={
-                "model": {"tag": STORED_MODEL},
-                "batching": {"calibrate": False},
-            },
+            bento_service_settings={**SCENARIO_SETTINGS, "model": {"tag": STORED_MODEL}},
             # The model travels in the Bento, alone: the scenario's inventory ships weights
             # beside the release, which the role's preflight refuses together with a tag.
             bento_service_model_weights_file="",

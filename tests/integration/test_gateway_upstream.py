@@ -185,7 +185,7 @@ def test_every_refusal_says_when_to_retry_and_the_services_own_stays_alone(tmp_p
         assert answer.headers.get_list("retry-after") == ["5"], answer.headers
     with gateway(tmp_path, [free_port(), free_port()]) as url:
         answers = [classify(url) for _ in range(4)]
+    retry_after = str(DEFAULTS["nginx_retry_after"])
     for answer in answers:
         assert answer.status_code == 502, answer.text
-        retry_after = str(DEFAULTS["nginx_retry_after"])
         assert answer.headers.get_list("retry-after") == [retry_after], answer.headers

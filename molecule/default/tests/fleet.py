@@ -104,11 +104,10 @@ def _ok(response: httpx.Response | Exception) -> bool:
 
 class ClientLoad:
     """Clients sending classifications through the gateway until stopped, each answer kept
-    (`responses`; a dropped connection as its exception), its status in `results`, and when it
-    was sent and how long it took in `timings`: a failing test prints them (`timeline`)."""
+    (`responses`; a dropped connection as its exception), and when it was sent and how long it
+    took in `timings`: a failing test prints them (`timeline`)."""
 
     def __init__(self, clients: int = 2):
-        self.results: list[int | str] = []
         self.responses: list[httpx.Response | Exception] = []
         self.timings: list[tuple[float, float]] = []  # (sent, seconds since start; took, s)
         self._started = time.monotonic()
@@ -126,9 +125,6 @@ class ClientLoad:
             with self._lock:
                 self.timings.append((sent - self._started, time.monotonic() - sent))
                 self.responses.append(response)
-                self.results.append(
-                    response.status_code if isinstance(response, httpx.Response) else repr(response)
-                )
 
     def answered(self) -> list[httpx.Response]:
         return [r for r in self.responses if _ok(r)]

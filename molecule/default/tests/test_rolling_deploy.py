@@ -78,7 +78,7 @@ def test_a_rolling_deploy_under_load_fails_no_request(bento_file):
         assert (
             card["weights_path"] == f"{release}/models/{STORED_MODEL.replace(':', '/')}/weights.pt"
         )
-    assert len(load.results) > 20 and not load.refused(), load.timeline()
+    assert len(load.responses) > 20 and not load.refused(), load.timeline()
     for app in apps:  # the Bento reused the venv of the same pins: no second torch install
         assert len(app.file("/opt/bento-fleet/venvs").listdir()) == 1
         assert app.file("/opt/bento-fleet/previous").is_symlink

@@ -40,6 +40,9 @@
    worker's peak memory (sampled every 0.1 s) against its memory before the burst.
    `--server-tree PATH` serves another checkout (e.g. a `git worktree` of an older commit) to
    compare with.
+   In sections 2 and 5, `--baseline-tree PATH` adds a server of another checkout (defaults,
+   batching on) to every round, interleaved with this tree's servers: a change's effect
+   measured in one run, on the same minutes of a shared machine.
 
 5. `--images-per-request N`: every client sends N images a request to /classify_batch (the
    issue's GPU bar: 32 a request, 6,000 images a second on one H100-class GPU). Throughput and
@@ -280,6 +283,8 @@ class Server:
     def __init__(self, batching: bool = True, compile_mode: str = "none", tree: Path = REPO):
         self.batching, self.compile = batching, compile_mode
         self.name = f"{compile_mode}, batching {'on' if batching else 'off'}"
+        if tree != REPO:
+            self.name += f", {commit_of(tree)}"
         env = {
             "BENTO_FLEET_BATCHING__ENABLED": "true" if batching else "false",
             "BENTO_FLEET_COMPILE": compile_mode,
@@ -911,6 +916,10 @@ def main() -> None:
     parser.add_argument("--burst-clients", type=int, default=4)
     parser.add_argument("--server-tree", default=str(REPO), help="the checkout to serve")
     parser.add_argument(
+        "--baseline-tree",
+        help="another checkout served beside this one's servers in every round (defaults)",
+    )
+    parser.add_argument(
         "--workers", type=int, default=1, help="worker processes of every server (workers)"
     )
     parser.add_argument(
@@ -977,6 +986,8 @@ def main() -> None:
     print("served: bentoml serve on loopback, closed-loop clients", flush=True)
     servers = [Server(compile_mode=compile_modes[0]), Server(batching=False)]
     servers += [Server(compile_mode=mode) for mode in compile_modes[1:]]
+    if args.baseline_tree:
+        servers.append(Server(tree=Path(args.baseline_tree)))
     runs = []
     try:
         for server in servers:  # inside: one that fails to start stops those already up
@@ -1013,6 +1024,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "date": time.strftime("%Y-%m-%d"),
         "commit": commit_of(REPO),
+        "baseline_commit": commit_of(Path(args.baseline_tree)) if args.baseline_tree else None,
         "duration_per_run_s": args.duration,
         "rounds": args.rounds,
         "upload": "320x240 JPEG, quality 90",

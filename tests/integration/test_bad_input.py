@@ -65,7 +65,19 @@ CASES = {
         "too_many_pixels",
     ),
     "missing field": ({"files": {"picture": ("a.png", tiny_png())}}, 400, "missing_field"),
-    "image as text": ({"data": {"image": "not a file"}, "files": {"x": ("x", b"x")}}, 400, None),
+    "image as text": (
+        {"data": {"image": "not a file"}, "files": {"x": ("x", b"x")}},
+        400,
+        "invalid_field",
+    ),
+    "malformed multipart": (
+        {
+            "content": b"--b\r\nContent-Disposition: form-data; name=image\r\n\r\nx",
+            "headers": {"Content-Type": "multipart/form-data"},  # no boundary
+        },
+        400,
+        "invalid_field",
+    ),
     "json body": ({"json": {"image": "aGVsbG8="}}, 400, "missing_field"),
     "top_k zero": (
         {"files": {"image": ("a.png", tiny_png())}, "data": {"top_k": "0"}},
@@ -74,6 +86,11 @@ CASES = {
     ),
     "top_k too big": (
         {"files": {"image": ("a.png", tiny_png())}, "data": {"top_k": "21"}},
+        400,
+        "invalid_top_k",
+    ),
+    "top_k as a file": (
+        {"files": {"image": ("a.png", tiny_png()), "top_k": ("k.txt", b"3")}},
         400,
         "invalid_top_k",
     ),
@@ -160,6 +177,18 @@ def test_one_bad_image_in_a_batch_is_named(service):
     response = post(service, "/classify_batch", files=files)
     assert response.status_code == 400
     assert response.json()["error"]["message"].startswith("images[1]:")
+
+
+def test_a_text_field_in_a_batch_is_named(service):
+    response = post(
+        service,
+        "/classify_batch",
+        files=[("images", ("a.png", tiny_png()))],
+        data={"images": "not a file"},
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_field" and error["message"].startswith("images[")
 
 
 def test_rejections_are_counted_by_code(service):

@@ -15,6 +15,8 @@ by all; web/ is the page at /.
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -30,9 +32,11 @@ from .api.guards import MULTIPART_OVERHEAD, RequestGuard, install_error_handlers
 from .api.inputs import DEFAULT_TOP_K, check_batch_size, check_top_k, read_file, read_form
 from .api.routes import ToTheRoutes
 from .serving.live_stats import LIVE
+from .serving.starting import Starting
 from .settings import get_settings
 from .web import router as web_page
 
+log = logging.getLogger(__name__)
 settings = get_settings()
 limits = settings.limits
 
@@ -73,26 +77,45 @@ class ImageClassifier:
     through a worker thread. They reach the pipeline through `app.state`."""
 
     def __init__(self) -> None:
-        # Imported here, in the worker, not at the top: torch, torchvision and scipy take half a
-        # minute of a 2-core host's CPU to import, and `bentoml serve`'s own process imports
-        # this module too, only to read the service's definition.
-        from .modelops.jobs import ModelOps
-        from .serving.pipeline import ClassificationPipeline
+        # The pipeline and the model operations are built on a thread: they import torch,
+        # torchvision and scipy (seconds on a small host), and uvicorn accepts no connection
+        # until this returns, while BentoML's arbiter already listens on the port. A host that
+        # systemd restarted held the gateway's requests in its backlog for those seconds; now
+        # it answers them at once, `model_loading` (serving/starting.py) until it is ready.
+        self.pipeline = self.ops = app.state.pipeline = app.state.ops = Starting()
+        self._building = threading.Thread(target=self._build, name="service-build", daemon=True)
+        self._building.start()
 
-        self.pipeline = ClassificationPipeline(settings)
-        app.state.pipeline = self.pipeline
-        self.pipeline.start_loading()
-        self.ops = ModelOps(
-            settings, self.pipeline.database, ready=lambda: self.pipeline.prediction_log.migrated
-        )
-        app.state.ops = self.ops
-        self.ops.start()
+    def _build(self) -> None:
+        try:
+            # Imported here, in the worker, not at the top: `bentoml serve`'s own process
+            # imports this module too, only to read the service's definition.
+            from .modelops.jobs import ModelOps
+            from .serving.pipeline import ClassificationPipeline
+
+            pipeline = ClassificationPipeline(settings)
+            pipeline.start_loading()
+            ops = ModelOps(
+                settings, pipeline.database, ready=lambda: pipeline.prediction_log.migrated
+            )
+            ops.start()
+        except Exception as error:
+            log.exception("the service failed to start")
+            failed = Starting(f"{type(error).__name__}: {error}")
+            self.pipeline = self.ops = app.state.pipeline = app.state.ops = failed
+            return
+        # The operations first: a route that finds the real pipeline uses them after it.
+        self.ops = app.state.ops = ops
+        self.pipeline = app.state.pipeline = pipeline
 
     def __is_ready__(self) -> bool:
         return self.pipeline.ready
 
     @bentoml.on_shutdown
     async def flush_prediction_log(self) -> None:
+        await asyncio.to_thread(self._building.join)
+        if isinstance(self.pipeline, Starting):  # it failed to build: nothing was started
+            return
         self.ops.stop()
         await self.pipeline.close()
 

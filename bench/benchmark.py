@@ -975,6 +975,10 @@ def main() -> None:
             [
                 *(sys.executable, __file__, "--ceiling-only", "--compile", mode),
                 *("--duration", str(min(args.duration, 8))),
+                # Passed on, not inherited: the child sets the environment from its own
+                # arguments, and its default (auto) made the ceiling decode with Pillow on a
+                # CPU under --jpeg-decode device, and with nvJPEG on a GPU under pillow.
+                *("--jpeg-decode", args.jpeg_decode),
             ],
             check=True,
             capture_output=True,

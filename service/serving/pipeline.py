@@ -26,6 +26,7 @@ from .model import Classifier
 from .observer import Observer
 from .preprocessing import DecodedInfo
 from .recent import RecentRequests
+from .starting import not_ready
 from .variant_set import VariantSet
 from .variants import Variant
 
@@ -89,12 +90,8 @@ class ClassificationPipeline:
         return self.variants.ready
 
     def require_ready(self) -> Classifier:
-        if self.load_error is not None:
-            raise ServiceError("load_failed", f"not ready: {self.load_error}")
-        if not self.ready:
-            raise ServiceError(
-                "model_loading", "not ready: the model is still loading", retry_after=5
-            )
+        if self.load_error is not None or not self.ready:
+            raise not_ready(self.load_error, "the model is still loading")
         return self.variants.control.classifier
 
     async def close(self) -> None:

@@ -10,6 +10,17 @@ from __future__ import annotations
 
 from ..errors import ServiceError
 
+RETRY_AFTER_S = 5  # what a refusal of a worker that is starting or loading tells clients
+
+
+def not_ready(load_error: str | None, doing: str) -> ServiceError:
+    """The refusal of a worker that cannot answer yet, whether it is still building (Starting)
+    or still loading its models (the pipeline): `load_failed` with the reason, for good, once
+    that failed; else `model_loading`, saying what it is `doing`, and when to ask again."""
+    if load_error is not None:
+        return ServiceError("load_failed", f"not ready: {load_error}")
+    return ServiceError("model_loading", f"not ready: {doing}", retry_after=RETRY_AFTER_S)
+
 
 class Starting:
     """The pipeline and the model operations of a worker that is still building them."""
@@ -20,9 +31,7 @@ class Starting:
         self.error = error
 
     def require_ready(self) -> None:
-        if self.error is not None:
-            raise ServiceError("load_failed", f"not ready: {self.error}")
-        raise ServiceError("model_loading", "not ready: the service is starting", retry_after=5)
+        raise not_ready(self.error, "the service is starting")
 
     def __getattr__(self, name: str):
         # Any other member (admit, classify, model_card, summary, labels_changed, ...): the

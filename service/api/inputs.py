@@ -30,9 +30,10 @@ async def read_form(request: Request, field: str, *, many: bool) -> tuple[list[b
         parts = form.getlist(field)
         if not parts:
             raise ServiceError("missing_field", f"missing required field {field!r}")
-        if not many:
-            parts = parts[-1:]  # the last of repeated parts, as FastAPI took
-        names = [f"{field}[{index}]" for index in range(len(parts))] if many else [field]
+        if many:
+            names = [f"{field}[{index}]" for index in range(len(parts))]
+        else:
+            parts, names = parts[-1:], [field]  # the last of repeated parts, as FastAPI took
         for part, name in zip(parts, names, strict=True):
             if not isinstance(part, UploadFile):
                 raise ServiceError("invalid_field", f"{name}: expected a file, got a text field")

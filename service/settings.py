@@ -306,8 +306,9 @@ class Settings(BaseSettings):
     )
     compile: Literal["none", "inductor", "cudagraphs"] = Field(
         "none",
-        description="none: eager PyTorch; inductor: torch.compile (fused kernels, needs a C "
-        "compiler on the host); cudagraphs: torch.compile with CUDA graphs (CUDA only)",
+        description="none: eager PyTorch; inductor: torch.compile (fused kernels, needs a C++ "
+        "compiler and Python's headers on the host); cudagraphs: torch.compile with CUDA graphs "
+        "(CUDA only). Compiled kernels are kept in state_dir/compile-cache for the next start",
     )
     jpeg_decode: Literal["auto", "pillow", "device"] = Field(
         "auto",
@@ -390,6 +391,11 @@ class Settings(BaseSettings):
     @property
     def spool_dir(self) -> Path:
         return self.state_dir / "spool"
+
+    @property
+    def compile_cache_dir(self) -> Path:
+        """torch.compile's kernels, kept across restarts (serving/model.py: compile_module)."""
+        return self.state_dir / "compile-cache"
 
     @classmethod
     def settings_customise_sources(

@@ -126,7 +126,10 @@ def test_cuda_graphs_without_a_gpu_is_a_clear_error():
         Classifier(Settings(device="cpu", compile="cudagraphs"))
 
 
-def test_a_compiled_model_answers_as_the_eager_one_on_padded_shapes(tmp_path):
+def test_a_compiled_model_answers_as_the_eager_one_and_keeps_its_kernels(tmp_path, monkeypatch):
+    from torch._dynamo.utils import counters
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # restored after the test
     weights = tmp_path / "resnet18.pt"
     torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), weights)
     labels = tmp_path / "labels.txt"
@@ -138,8 +141,9 @@ def test_a_compiled_model_answers_as_the_eager_one_on_padded_shapes(tmp_path):
         "input_size": 64,
         "resize_size": 72,
     }
-    eager = Classifier(Settings(device="cpu", model=model))
-    compiled = Classifier(Settings(device="cpu", model=model, compile="inductor"))
+    state = tmp_path / "state"
+    eager = Classifier(Settings(device="cpu", model=model, state_dir=state))
+    compiled = Classifier(Settings(device="cpu", model=model, compile="inductor", state_dir=state))
     # Each shape compiles once, for seconds: batches are padded to a few shapes, warmed at start.
     assert [compiled.run_size(n) for n in (1, 3, 5, 17)] == [1, 4, 8, 32]
     assert compiled.sizes_to_warm(8) == (1, 2, 4, 8)
@@ -148,6 +152,21 @@ def test_a_compiled_model_answers_as_the_eager_one_on_padded_shapes(tmp_path):
     expected, actual = eager.infer(pixels), compiled.infer(pixels)  # runs as a batch of 2
     assert actual.shape == (2, 3)
     assert torch.allclose(actual, expected, atol=1e-4)
+    # Its kernels are in the state folder, not in /tmp, which a systemd unit with PrivateTmp
+    # empties at every start; the next worker built there loads them instead of compiling.
+    assert any((state / "compile-cache").glob("fxgraph/**/*"))
+
+    def loaded() -> int:  # graphs whose compiled code came from the cache
+        return (
+            counters["aot_autograd"]["autograd_cache_hit"]
+            + counters["inductor"]["fxgraph_cache_hit"]
+        )
+
+    before = loaded()
+    torch._dynamo.reset()  # forget this process's compiled frames, as a new worker has none
+    again = Classifier(Settings(device="cpu", model=model, compile="inductor", state_dir=state))
+    assert torch.allclose(again.infer(pixels), expected, atol=1e-4)
+    assert loaded() > before
 
 
 def test_a_hosts_workers_spread_over_its_gpus(monkeypatch):

@@ -198,6 +198,43 @@ def test_an_offline_install_without_a_wheelhouse_fails_early_naming_it():
     assert "bento_service_pip_no_index is true but bento_service_pip_find_links is empty" in output
 
 
+def test_a_compiled_model_gets_its_compiler_and_cuda_graphs_need_a_gpu():
+    """compile: inductor adds the C++ compiler and Python's headers that torch.compile needs to
+    the packages the role installs (in check mode, the packages the apt task was given: the
+    scenario's hosts serve eager, and a compile takes minutes); cudagraphs on a host without an
+    NVIDIA GPU, or a compile setting that does not exist, stops the preflight naming it."""
+
+    def packages_asked_for(settings: dict) -> list[str]:
+        result = run_playbook(
+            "playbooks/inference.yml",
+            "--limit",
+            "fleet-app1",
+            "--tags",
+            "packages",
+            "--check",
+            "-vvv",  # the task's arguments
+            "-e",
+            json.dumps({"bento_service_settings": settings}),
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-2000:]
+        task = output.split("TASK [bento_service : Install Python", 1)[1].split("TASK [", 1)[0]
+        arguments = task.split("module_args:", 1)[1]
+        names = arguments.split(" name:", 1)[1]
+        return re.findall(r"^\s+- (\S+)$", names.split(":", 1)[0], re.MULTILINE)
+
+    eager = packages_asked_for({})
+    assert "python3-venv" in eager and "g++" not in eager and "python3-dev" not in eager
+    compiled = packages_asked_for({"compile": "inductor"})
+    assert {"python3-venv", "g++", "python3-dev"} <= set(compiled)
+    output = refused_by_the_inference_preflight(
+        {"bento_service_settings": {"compile": "cudagraphs"}}
+    )
+    assert "compile is cudagraphs, which needs an NVIDIA GPU, and fleet-app1 has none" in output
+    output = refused_by_the_inference_preflight({"bento_service_settings": {"compile": "jit"}})
+    assert "compile must be none, inductor or cudagraphs (got jit)" in output
+
+
 def test_a_cpu_host_is_served_by_one_process_and_a_bad_worker_count_is_refused():
     config = apps[0].file("/opt/bento-fleet/current/config.yaml").content_string
     assert "workers: 1" in config.splitlines() and "torch_threads" not in config

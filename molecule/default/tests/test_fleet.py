@@ -212,19 +212,24 @@ def test_a_compiled_model_gets_its_compiler_and_cuda_graphs_need_a_gpu():
             "--tags",
             "packages",
             "--check",
-            "-vvv",  # the task's arguments
             "-e",
             json.dumps({"bento_service_settings": settings}),
-            # Molecule's ansible.cfg, not ours, is in force: ask for the results as JSON.
-            env={"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"},
+            # Every task's result, its arguments included, as one JSON document; Molecule's
+            # profile_tasks and timer callbacks still print their lines around it.
+            env={"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"},
         )
         output = result.stdout
         assert result.returncode == 0, (output + result.stderr)[-2000:]
-        task = output.index("TASK [bento_service : Install Python")
-        shown = "[fleet-app1] => "  # ok: or changed:, then the task's result
-        answer = output.index(shown, task) + len(shown)
-        task_result, _ = json.JSONDecoder().raw_decode(output, answer)
-        return task_result["invocation"]["module_args"]["name"]
+        document = re.search(r"^\{$", output, re.MULTILINE)
+        assert document, output[-2000:]
+        run, _ = json.JSONDecoder().raw_decode(output, document.start())
+        (apt,) = [
+            task["hosts"]["fleet-app1"]
+            for play in run["plays"]
+            for task in play["tasks"]
+            if task["task"]["name"].startswith("bento_service : Install Python and its venv")
+        ]
+        return apt["invocation"]["module_args"]["name"]
 
     eager = packages_asked_for({})
     assert "python3-venv" in eager and "g++" not in eager and "python3-dev" not in eager

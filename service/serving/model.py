@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,17 +94,36 @@ def compile_module(
     every shape again. With the cache kept, a restarted worker loads them: EfficientNet-Lite0's
     four shapes warmed in 145 s cold and 22 s from the cache on a 2-core CPU (2026-12-05).
     Inductor keys each entry by torch's version, the host's compiler and devices, and the
-    graph, so a new torch or architecture compiles anew beside the old entries rather than
-    loading a kernel that does not match."""
+    graph, so a kernel that does not match is never loaded (kernel_cache keeps one torch's)."""
     if how == "none":
         return module
     if how == "cudagraphs" and device.type != "cuda":
         raise RuntimeError("compile=cudagraphs needs a CUDA device; use inductor or none on CPU")
     # Read by inductor when it first compiles, and handed to its compile workers (Triton's
     # cache on CUDA lives below it).
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir.resolve())
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(kernel_cache(cache_dir).resolve())
     mode = "reduce-overhead" if how == "cudagraphs" else "default"
     return torch.compile(module, mode=mode, dynamic=False)
+
+
+def kernel_cache(root: Path) -> Path:
+    """This torch's folder of compiled kernels under `root`; the folders older (or newer)
+    torch versions left there are removed, as nothing here can load their entries again: a
+    release that upgrades torch compiles anew, and the state folder does not keep every
+    version's some 12 MB a model. The entries of the models still served with this torch (a
+    new release of the model, an A/B or shadow arm) stay: inductor's keys are the graphs', and
+    which graphs a host will serve again is not known here."""
+    kept = root / f"torch-{torch.__version__}"
+    if root.is_dir():
+        for entry in root.iterdir():
+            if entry != kept:
+                log.info("removing compiled kernels no longer loadable: %s", entry)
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+    kept.mkdir(parents=True, exist_ok=True)
+    return kept
 
 
 def build_architecture(architecture: str, num_classes: int) -> torch.nn.Module:

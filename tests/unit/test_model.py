@@ -154,7 +154,8 @@ def test_a_compiled_model_answers_as_the_eager_one_and_keeps_its_kernels(tmp_pat
     assert torch.allclose(actual, expected, atol=1e-4)
     # Its kernels are in the state folder, not in /tmp, which a systemd unit with PrivateTmp
     # empties at every start; the next worker built there loads them instead of compiling.
-    assert any((state / "compile-cache").glob("fxgraph/**/*"))
+    kernels = state / "compile-cache" / f"torch-{torch.__version__}"
+    assert any(kernels.glob("fxgraph/**/*"))
 
     def loaded() -> int:  # graphs whose compiled code came from the cache
         return (
@@ -167,6 +168,23 @@ def test_a_compiled_model_answers_as_the_eager_one_and_keeps_its_kernels(tmp_pat
     again = Classifier(Settings(device="cpu", model=model, compile="inductor", state_dir=state))
     assert torch.allclose(again.infer(pixels), expected, atol=1e-4)
     assert loaded() > before
+
+
+def test_the_kernel_cache_keeps_this_torchs_kernels_and_drops_other_versions(tmp_path):
+    from service.serving.model import kernel_cache
+
+    root = tmp_path / "compile-cache"
+    ours = root / f"torch-{torch.__version__}" / "fxgraph" / "entry"
+    ours.parent.mkdir(parents=True)
+    ours.write_bytes(b"kernel")
+    theirs = root / "torch-1.0.0" / "fxgraph" / "entry"  # left by the release before an upgrade
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b"kernel")
+    (root / "stray").write_text("")
+    assert kernel_cache(root) == ours.parents[1]
+    assert ours.read_bytes() == b"kernel"
+    assert sorted(p.name for p in root.iterdir()) == [ours.parents[1].name]
+    assert kernel_cache(tmp_path / "new" / "compile-cache").is_dir()  # a first start makes it
 
 
 def test_a_hosts_workers_spread_over_its_gpus(monkeypatch):

@@ -1,10 +1,13 @@
 """/stats numbers and the input statistics drift detection is built on."""
 
+import itertools
+
+import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 from support import PHOTOS
 
 from service.serving.live_stats import LiveStats
-from service.serving.preprocessing import image_statistics
+from service.serving.preprocessing import hsv_saturation, image_statistics
 
 
 def test_live_stats_percentiles_errors_and_batches():
@@ -31,6 +34,28 @@ def test_statistics_follow_brightness_saturation_and_blur():
     assert blurred.sharpness < base.sharpness * 0.5
     assert abs(blurred.brightness - base.brightness) < 0.01
     assert image_statistics(Image.new("RGB", (1, 1))).sharpness == 0.0
+
+
+def test_saturation_is_pillows_for_every_pixel():
+    """The statistics' saturation is computed with numpy, not Pillow's HSV conversion: the same
+    numbers, so references built before the change still compare. A pixel's saturation depends
+    on its largest and smallest channel only: every such pair, in every channel order, and
+    the test photos."""
+    pairs = [(high, low) for high in range(256) for low in range(high + 1)]
+    pixels = np.array(
+        [
+            [(high, low, (high + low) // 2)[i] for i in order]
+            for order in itertools.permutations(range(3))
+            for high, low in pairs
+        ],
+        dtype=np.uint8,
+    ).reshape(1, -1, 3)
+    images = [Image.fromarray(pixels, "RGB")]
+    photos = ["coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png", "camera.png"]
+    images += [Image.open(PHOTOS / name).convert("RGB") for name in photos]
+    for image in images:
+        expected = np.asarray(image.convert("HSV"))[..., 1]
+        assert np.array_equal(hsv_saturation(np.asarray(image)), expected)
 
 
 def test_statistics_are_computed_for_the_configured_share_of_images():

@@ -11,7 +11,6 @@ import torch
 from .. import metrics
 from ..settings import Settings
 from .batching import AdaptiveBatcher, BatchStats, choose_batch_cap
-from .heap import freeze_what_start_built
 from .model import Classifier
 from .model_thread import on_model_thread
 from .variants import Variant, VariantRouter
@@ -80,9 +79,6 @@ class VariantSet:
                 # Built, calibrated and warmed on the thread its batches will run on: the
                 # calibration then times what serving will get (model_thread.py).
                 classifier = on_model_thread(self._build, variant)
-                # What the start built stays for the worker's life (heap.py); frozen before the
-                # variant serves, so that the collection's pause falls in the start.
-                freeze_what_start_built()
                 variant.classifier = classifier
                 if classifier.device.type == "cuda":  # fixed for the device: set once
                     metrics.GPU_MEMORY_TOTAL_BYTES.set(

@@ -260,8 +260,8 @@ class DriftSettings(BaseModel):
         gt=0,
         le=1,
         description="Share of served images whose pixel statistics (brightness, contrast, "
-        "saturation, sharpness) are computed for drift: about 1.2 ms of CPU an image, a third "
-        "of the stack's own cost. Size, aspect, confidence and class are kept for every image",
+        "saturation, sharpness) are computed for drift: about 0.9 ms of CPU a 320x240 photo, "
+        "more than its decode. Size, aspect, confidence and class are kept for every image",
     )
     statistics_per_second: float = Field(
         20.0,

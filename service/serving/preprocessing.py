@@ -138,7 +138,7 @@ def image_statistics(image: Image.Image) -> ImageStatistics:
 
 
 def hsv_saturation(rgb: np.ndarray) -> np.ndarray:
-    """The S of Pillow's convert("HSV") (uint8), the same number for every pixel, for a third of
+    """The S of Pillow's convert("HSV") (uint8), the same number for every pixel, for a fifth of
     its CPU: Pillow computes hue too, one pixel at a time, and that was half of what the
     statistics cost. As its rgb2hsv_row: (max - min) / max in single precision, times 255.0 in
     double, truncated; 0 where max is 0 (max == min)."""

@@ -4,7 +4,7 @@ import itertools
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
-from support import PHOTOS
+from support import PHOTOS, photo_crops
 
 from service.serving.live_stats import LiveStats
 from service.serving.preprocessing import hsv_saturation, image_statistics
@@ -40,7 +40,7 @@ def test_saturation_is_pillows_for_every_pixel():
     """The statistics' saturation is computed with numpy, not Pillow's HSV conversion: the same
     numbers, so references built before the change still compare. A pixel's saturation depends
     on its largest and smallest channel only: every such pair, in every channel order, and
-    the test photos."""
+    the pictures the drift tests use."""
     pairs = [(high, low) for high in range(256) for low in range(high + 1)]
     pixels = np.array(
         [
@@ -51,8 +51,7 @@ def test_saturation_is_pillows_for_every_pixel():
         dtype=np.uint8,
     ).reshape(1, -1, 3)
     images = [Image.fromarray(pixels, "RGB")]
-    photos = ["coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png", "camera.png"]
-    images += [Image.open(PHOTOS / name).convert("RGB") for name in photos]
+    images += photo_crops(10)
     for image in images:
         expected = np.asarray(image.convert("HSV"))[..., 1]
         assert np.array_equal(hsv_saturation(np.asarray(image)), expected)

@@ -1,11 +1,11 @@
 """The Python packages a lent GPU machine lacks, as wheels for its Python, to carry there.
 
-    .venv/bin/python scripts/gpu_kit.py        # -> var/gpu-kit/*.whl, about 46 MB
+    .venv/bin/python scripts/gpu_kit.py        # -> var/gpu-kit/*.whl, about 52 MiB
 
 The GPU machines this project is lent (docs/gpu.md) reach no package index. Their Python (3.12)
 holds PyTorch, torchvision, NumPy, SciPy, Pillow, Matplotlib and scikit-image (the test photos),
-not BentoML or the rest of what the service, `tests/gpu` and the bench need. That rest is the
-closure of requirements.txt and of the bench's clients, at the versions this venv pins, less
+not BentoML or the rest of what the service, `tests/gpu`, the bench and gpu-check.yml need. That
+rest is the closure of requirements.txt and of TOOLS below, at the versions this venv pins, less
 what the machine provides. This downloads each of them, without its dependencies (the closure
 lists them already), as a binary wheel for that Python on x86-64 Linux, through this machine's
 pip configuration. scripts/gpu-run installs them there.
@@ -25,8 +25,10 @@ from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parent.parent
 KIT = REPO / "var" / "gpu-kit"
-# What the bench and tests/gpu import beside the service's own requirements.
-CLIENTS = ("aiohttp", "httpx", "psutil", "pytest")
+# What the bench, tests/gpu and playbooks/gpu-check.yml need beside the service's own
+# requirements: ansible-core alone for the playbook, which uses ansible.builtin only (the
+# ansible bundle's collections are some 50 MiB of the 64 a run carries).
+TOOLS = ("aiohttp", "httpx", "psutil", "pytest", "ansible-core")
 # On the GPU machine already, in builds matched to its CUDA: carried, they would replace them.
 PROVIDED = {"torch", "torchvision", "triton", "numpy", "scipy", "pillow", "matplotlib"}
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
@@ -63,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     lines = (REPO / "requirements.txt").read_text().splitlines()
     roots = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
-    roots += [Requirement(name) for name in CLIENTS]
+    roots += [Requirement(name) for name in TOOLS]
     pins = [f"{name}=={version}" for name, version in sorted(closure(roots).items())]
     shutil.rmtree(args.output, ignore_errors=True)  # one version of each, or none installs
     args.output.mkdir(parents=True)

@@ -4,10 +4,10 @@ On a GPU host the CPU, not the GPU, sets the pace: a decode thread spends millis
 photo in libjpeg, and one process has two of them. nvJPEG decodes a whole list of JPEGs in one
 call (torchvision's `decode_jpeg(list, device="cuda")`), so a JPEG that may be decoded there
 skips the decode threads: the request path only reads its header (decoding.py), and the model
-thread decodes the batch's JPEGs together, resizes and crops them on the device, and runs them
-with the batch's other images (`decode_batch`). On the CPU the same code decodes with
-libjpeg-turbo on the model thread: how the tests cover it, not how a CPU host should serve (its
-decode threads overlap decoding with the forward pass).
+thread decodes the batch's JPEGs together, resizes and crops them on the device (those of one
+size together), and runs them with the batch's other images (`decode_batch`). On the CPU the
+same code decodes with libjpeg-turbo on the model thread: how the tests cover it, not how a CPU
+host should serve (its decode threads overlap decoding with the forward pass).
 
 What goes to the device is what it will surely decode the way Pillow would
 (`decodable_on_device`): a baseline or progressive JPEG in RGB or grey (a CMYK JPEG's inversion
@@ -90,14 +90,18 @@ def decode_batch(
         )
     except RuntimeError:  # the batch call returns nothing when one fails: find which
         decoded = [_decode_one(data, device) for data in encoded]
-    pixels: list[torch.Tensor | ServiceError] = []
-    for jpeg, image in zip(jpegs, decoded, strict=True):
+    pixels: list[torch.Tensor | ServiceError | None] = [None] * len(jpegs)
+    oriented: dict[int, torch.Tensor] = {}
+    for index, (jpeg, image) in enumerate(zip(jpegs, decoded, strict=True)):
         if image is None:
-            pixels.append(_with_pillow(jpeg, preprocessor, device))
+            pixels[index] = _with_pillow(jpeg, preprocessor, device)
             continue
         metrics.DEVICE_DECODED_IMAGES.labels("decoded").inc()
-        pixels.append(resample(orient(image, jpeg.orientation), preprocessor))
-    return pixels
+        oriented[index] = orient(image, jpeg.orientation)
+    resampled = resample_all(list(oriented.values()), preprocessor)
+    for index, image in zip(oriented, resampled, strict=True):
+        pixels[index] = image
+    return pixels  # type: ignore[return-value]  # every place is filled above
 
 
 def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None:
@@ -125,18 +129,44 @@ def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
     return image.flip(flips) if flips else image
 
 
-def resample(image: torch.Tensor, preprocessor: Preprocessor) -> torch.Tensor:
-    """A CHW uint8 image resized so that its shorter side is resize_size, then centre-cropped
-    to input_size (torchvision's Resize + CenterCrop), on the image's own device."""
-    height, width = image.shape[1:]
+# Images of one size are resampled together, up to this many pixels at a time: their float
+# copies on the device (12 bytes a pixel) stay within some 800 MB however large the batch's images.
+RESAMPLE_PIXELS_AT_ONCE = 1 << 26
+
+
+def resample_all(images: list[torch.Tensor], preprocessor: Preprocessor) -> list[torch.Tensor]:
+    """`resample` of each image, in order, computed a size at a time: a batch's photos mostly
+    share a size, and on a GPU each operation of each image is a kernel launch that the model
+    thread, one Python thread, pays for in CPU time; 32 photos of one size take the launches
+    of one. Interpolation treats each image of a stack on its own, so the pixels are those of
+    resampling each alone (tests/unit/test_device_decoding.py)."""
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for index, image in enumerate(images):
+        by_size.setdefault(tuple(image.shape), []).append(index)
+    resampled: list[torch.Tensor | None] = [None] * len(images)
+    for shape, indices in by_size.items():
+        per_chunk = max(1, RESAMPLE_PIXELS_AT_ONCE // (shape[1] * shape[2]))
+        for start in range(0, len(indices), per_chunk):
+            chunk = indices[start : start + per_chunk]
+            stacked = torch.stack([images[i] for i in chunk])
+            for i, pixels in zip(chunk, resample(stacked, preprocessor), strict=True):
+                resampled[i] = pixels
+    return resampled  # type: ignore[return-value]  # every place is filled above
+
+
+def resample(images: torch.Tensor, preprocessor: Preprocessor) -> torch.Tensor:
+    """N x C x H x W uint8 images of one size, resized so that their shorter side is
+    resize_size, then centre-cropped to input_size (torchvision's Resize + CenterCrop), on
+    their own device."""
+    height, width = images.shape[2:]
     resized_width, resized_height, left, top = preprocessor.resized_geometry(width, height)
     resized = F.interpolate(
-        image[None].float(),
+        images.float(),
         size=(resized_height, resized_width),
         mode="bilinear",
         antialias=True,
         align_corners=False,
-    )[0]
+    )
     size = preprocessor.input_size
-    crop = resized[:, top : top + size, left : left + size]
+    crop = resized[:, :, top : top + size, left : left + size]
     return crop.round_().clamp_(0, 255).to(torch.uint8)

@@ -98,13 +98,10 @@ def test_exif_orientation_is_applied_as_pillow_applies_it(classifier, orientatio
         assert (as_stored.float() - pillow).abs().mean() > 10
 
 
-def test_jpegs_of_one_size_are_resampled_together_as_each_alone(classifier, monkeypatch):
-    """On a GPU every operation of every image is a kernel launch paid for on the model thread:
-    a batch's photos of one size are interpolated in one call, and to the same pixels."""
-    photos = list(jpegs().values())
-    batch = [encoded(classifier, data) for data in photos * 3]  # each size three times
-    alone = [decode_batch([jpeg], classifier.preprocessor, CPU)[0] for jpeg in batch]
-    calls = []
+@pytest.fixture
+def interpolations(monkeypatch) -> list[int]:
+    """How many images each interpolation call of the device path is given, in call order."""
+    calls: list[int] = []
     real = device_decoding.F.interpolate
 
     def counted(images, **options):
@@ -112,30 +109,33 @@ def test_jpegs_of_one_size_are_resampled_together_as_each_alone(classifier, monk
         return real(images, **options)
 
     monkeypatch.setattr(device_decoding.F, "interpolate", counted)
+    return calls
+
+
+def test_jpegs_of_one_size_are_resampled_together_as_each_alone(classifier, interpolations):
+    """On a GPU every operation of every image is a kernel launch paid for on the model thread:
+    a batch's photos of one size are interpolated in one call, and to the same pixels."""
+    photos = list(jpegs().values())
+    batch = [encoded(classifier, data) for data in photos * 3]  # each size three times
+    alone = [decode_batch([jpeg], classifier.preprocessor, CPU)[0] for jpeg in batch]
+    interpolations.clear()
     together = decode_batch(batch, classifier.preprocessor, CPU)
     sizes = {tuple(image.shape) for image in together}
     assert sizes == {(3, classifier.preprocessor.input_size, classifier.preprocessor.input_size)}
     opened = [classifier.preprocessor.open(data).info for data in photos]
     per_size = collections.Counter((info.width, info.height) for info in opened)
     assert len(per_size) < len(photos)  # two photos share a size: grey and colour chelsea
-    assert sorted(calls) == sorted(3 * count for count in per_size.values())
+    assert sorted(interpolations) == sorted(3 * count for count in per_size.values())
     for one, other in zip(alone, together, strict=True):
         assert torch.equal(one, other)
 
 
-def test_large_images_are_resampled_a_few_at_a_time(classifier, monkeypatch):
+def test_large_images_are_resampled_a_few_at_a_time(classifier, monkeypatch, interpolations):
     """The float copies of a batch of large pictures would not fit a GPU's memory at once."""
     big = encoded(classifier, jpeg_of("astronaut.png", size=(2048, 2048), quality=90))
     monkeypatch.setattr(device_decoding, "RESAMPLE_PIXELS_AT_ONCE", 2 * 2048 * 2048)
-    calls = []
-    real = device_decoding.F.interpolate
-    monkeypatch.setattr(
-        device_decoding.F,
-        "interpolate",
-        lambda images, **options: calls.append(len(images)) or real(images, **options),
-    )
     pixels = decode_batch([big] * 5, classifier.preprocessor, CPU)
-    assert calls == [2, 2, 1]
+    assert interpolations == [2, 2, 1]
     assert all(torch.equal(pixels[0], other) for other in pixels[1:])
 
 

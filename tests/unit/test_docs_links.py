@@ -5,6 +5,7 @@ without its links broke two of them once."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -23,6 +24,7 @@ def anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
 
+@functools.cache  # a page is linked to many times
 def anchors(page: Path) -> set[str]:
     return {anchor(h) for h in HEADING.findall(FENCE.sub("", page.read_text()))}
 

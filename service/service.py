@@ -18,7 +18,6 @@ import asyncio
 import logging
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import bentoml
@@ -31,6 +30,7 @@ from .api.feedback import FeedbackIn, record_feedback
 from .api.guards import MULTIPART_OVERHEAD, RequestGuard, install_error_handlers, request_id_of
 from .api.inputs import DEFAULT_TOP_K, check_batch_size, check_top_k, read_file, read_form
 from .api.routes import ToTheRoutes
+from .ids import new_id
 from .serving.live_stats import LIVE
 from .serving.starting import Starting
 from .settings import get_settings
@@ -128,7 +128,7 @@ class ImageClassifier:
     @bentoml.api(route="/classify")
     async def classify(self, image: Path, top_k: int = DEFAULT_TOP_K) -> Classification:
         """Classify one image: JPEG, PNG, WebP, GIF, BMP or TIFF."""
-        started, request_id = time.perf_counter(), uuid.uuid4().hex
+        started, request_id = time.perf_counter(), new_id()
         data = read_file(image, "image")
         variant, (result,) = await self.pipeline.classify(
             [data], check_top_k(top_k), request_id, started
@@ -140,7 +140,7 @@ class ImageClassifier:
         self, images: list[Path], top_k: int = DEFAULT_TOP_K
     ) -> BatchClassification:
         """Classify several images; results in input order."""
-        started, request_id = time.perf_counter(), uuid.uuid4().hex
+        started, request_id = time.perf_counter(), new_id()
         check_batch_size(len(images))
         data = [read_file(image, f"images[{i}]") for i, image in enumerate(images)]
         variant, results = await self.pipeline.classify(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import metrics
 from ..errors import ServiceError, code_for_status, error_body, error_response
+from ..ids import new_id
 from ..serving.live_stats import LIVE
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the image b
 def request_id_of(request: Request) -> str:
     """The client's X-Request-ID when it is a sane token, else a fresh one."""
     given = request.headers.get("x-request-id", "")
-    return given if REQUEST_ID.match(given) else uuid.uuid4().hex
+    return given if REQUEST_ID.match(given) else new_id()
 
 
 def rejected(error: ServiceError) -> JSONResponse:

@@ -30,7 +30,6 @@ import os
 import queue
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +38,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
+from ..ids import new_id
 from .db import SchemaBehind, dialect_insert, ensure_schema, make_engine
 from .dead_letters import DeadLetters, error_message
 from .schema import Prediction, Role
@@ -67,7 +67,7 @@ class PredictionRecord:
     saturation: float | None = None
     sharpness: float | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=lambda: new_id())
 
     def to_row(self) -> dict:
         """Its fields as JSON types (the spool's and the dead-letter file's form)."""

@@ -24,6 +24,7 @@ import bentoml
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse
 
+from .api.access_log import WrittenOnAThread
 from .api.answers import BatchClassification, Classification, FeedbackAnswer
 from .api.auth import caller
 from .api.feedback import FeedbackIn, record_feedback
@@ -83,6 +84,8 @@ class ImageClassifier:
         # systemd restarted held the gateway's requests in its backlog for those seconds; now
         # it answers them at once, `model_loading` (serving/starting.py) until it is ready.
         self.pipeline = self.ops = app.state.pipeline = app.state.ops = Starting()
+        self.access_log = WrittenOnAThread()  # BentoML's line a request, off the event loop
+        self.access_log.install()
         self._building = threading.Thread(target=self._build, name="service-build", daemon=True)
         self._building.start()
 
@@ -112,12 +115,12 @@ class ImageClassifier:
         return self.pipeline.ready
 
     @bentoml.on_shutdown
-    async def flush_prediction_log(self) -> None:
+    async def flush_logs(self) -> None:
         await asyncio.to_thread(self._building.join)
-        if isinstance(self.pipeline, Starting):  # it failed to build: nothing was started
-            return
-        self.ops.stop()
-        await self.pipeline.close()
+        if not isinstance(self.pipeline, Starting):  # it failed to build: nothing was started
+            self.ops.stop()
+            await self.pipeline.close()
+        await asyncio.to_thread(self.access_log.stop)
 
     # BentoML's own API for the same routes: the typed schema that its clients read
     # (/schema.json, so `bentoml.SyncHTTPClient(url).classify(image=path)` works) and methods a

@@ -152,7 +152,7 @@ async def calls():
     one = await service.classify(image=photos / "coffee.png", top_k=3)
     batch = await service.classify_batch(images=[photos / "coffee.png", photos / "rocket.jpg"])
     given = await service.feedback(request_id=one.request_id, label="espresso")
-    await service.flush_prediction_log()
+    await service.flush_logs()
     return {"one": one.model_dump(), "batch": batch.model_dump(), "feedback": given.model_dump(),
             "model": service.model()["name"]}
 

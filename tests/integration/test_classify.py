@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import re
+import uuid
 
 import httpx
 import torch
@@ -39,6 +40,24 @@ def test_client_request_id_is_kept(service):
         timeout=60,
     )
     assert response.json()["request_id"] == "client-42"
+
+
+def test_the_access_log_has_each_requests_line_with_its_trace(service):
+    """BentoML's access log, written by a thread of the worker (service/api/access_log.py)."""
+    path = f"/no-such-page-{uuid.uuid4().hex}"
+    assert httpx.get(service.url + path, timeout=10).status_code == 404
+    line = eventually(
+        lambda: next((line for line in service.log().splitlines() if path in line), None),
+        "the access log's line",
+        timeout_s=10,
+        interval_s=0.1,
+    )
+    assert re.search(
+        rf"\[INFO\] \[entry_service:[^]]+\] 127\.0\.0\.1:\d+ "
+        rf"\(scheme=http,method=GET,path={path}[,)].*\(status=404[,)].* [0-9.]+ms "
+        r"\(trace=[0-9a-f]{32},span=[0-9a-f]{16},",
+        line,
+    ), line
 
 
 def test_batch_results_come_back_in_input_order(service):

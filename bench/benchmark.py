@@ -21,7 +21,9 @@
    refusals.
    Each level runs `--rounds` times, interleaved (round 1 of every level and mode, then round
    2, ...), so a slow minute of a shared machine spreads over all of them instead of sinking
-   one; the table gives medians with their spread, the JSON every run.
+   one, and each round starts with the next server, so each takes every place in the order
+   (as often, when there are as many rounds as servers); the table gives medians with their
+   spread, the JSON every run (with its round and place).
 3. The stack's cost: the server's CPU time (every process of `bentoml serve`) per image
    answered, less the CPU of its inference threads (the model's thread and torch's threads,
    named for the OS: service/serving/thread_names.py). What is left is HTTP, multipart,
@@ -280,11 +282,17 @@ async def closed_loop(
 class Server:
     """One `bentoml serve` for the whole run, and what it costs."""
 
-    def __init__(self, batching: bool = True, compile_mode: str = "none", tree: Path = REPO):
+    def __init__(
+        self,
+        batching: bool = True,
+        compile_mode: str = "none",
+        tree: Path = REPO,
+        baseline: bool = False,
+    ):
         self.batching, self.compile = batching, compile_mode
         self.name = f"{compile_mode}, batching {'on' if batching else 'off'}"
-        if tree != REPO:
-            self.name += f", {commit_of(tree)}"
+        if baseline:  # named even when it serves this same tree (a run of A against A)
+            self.name += f", baseline {commit_of(tree)}"
         env = {
             "BENTO_FLEET_BATCHING__ENABLED": "true" if batching else "false",
             "BENTO_FLEET_COMPILE": compile_mode,
@@ -422,13 +430,15 @@ def random_weights(architecture: str) -> dict[str, str]:
 
 def commit_of(tree: Path) -> str:
     """The served tree's commit, for the report: not its folder, which names this machine
-    rather than the code."""
-    return subprocess.run(
-        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    rather than the code; `-dirty` when its tracked files have changes not committed."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(tree), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "--short", "HEAD") + ("-dirty" if dirty else "")
 
 
 def spread(values: list[float]) -> dict:
@@ -991,18 +1001,23 @@ def main() -> None:
     servers = [Server(compile_mode=compile_modes[0]), Server(batching=False)]
     servers += [Server(compile_mode=mode) for mode in compile_modes[1:]]
     if args.baseline_tree:
-        servers.append(Server(tree=Path(args.baseline_tree)))
+        servers.append(Server(tree=Path(args.baseline_tree), baseline=True))
     runs = []
     try:
         for server in servers:  # inside: one that fails to start stops those already up
             server.start()
         for round_number in range(1, args.rounds + 1):
+            # Each round starts one server further on. In a fixed order the server measured
+            # last at each level had the edge: 3-5% more throughput than the first, whichever
+            # tree it served (two runs of one change, the trees swapped: docs/benchmark.md).
+            shift = (round_number - 1) % len(servers)
+            order = servers[shift:] + servers[:shift]
             for concurrency in levels:
-                for server in servers:
+                for place, server in enumerate(order, 1):
                     result = measure(
                         server, images, concurrency, args.duration, per_request=per_request
                     )
-                    result["round"] = round_number
+                    result.update(round=round_number, place=place)
                     runs.append(result)
                     report_run(round_number, server, result)
             if args.storm:

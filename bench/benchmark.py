@@ -1008,7 +1008,7 @@ def main() -> None:
             server.start()
         for round_number in range(1, args.rounds + 1):
             # Each round starts one server further on. In a fixed order the server measured
-            # last at each level had the edge: 3-5% more throughput than the first, whichever
+            # last at each level had the edge: 1-5% more throughput than the first, whichever
             # tree it served (two runs of one change, the trees swapped: docs/benchmark.md).
             shift = (round_number - 1) % len(servers)
             order = servers[shift:] + servers[:shift]

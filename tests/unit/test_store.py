@@ -2,9 +2,12 @@
 the faults it must survive: a row the database refuses, a full disk, memory running out."""
 
 import contextlib
+import dataclasses
 import os
+import queue
 import subprocess
 import threading
+import time
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -211,6 +214,50 @@ def test_memory_is_bounded_and_what_is_dropped_is_counted(tmp_path, monkeypatch,
 def test_spool_round_trip_keeps_every_field():
     original = record(3)
     assert PredictionRecord.from_json(original.to_json()) == original
+
+
+def test_a_records_values_are_its_fields_as_dataclasses_gives_them():
+    original = record(5)
+    assert original.values() == dataclasses.asdict(original)
+    assert original.values() is not original.__dict__  # the insert may not change the record
+
+
+class CountedQueue(queue.SimpleQueue):
+    """The log's queue, counting the reads that wait for a row (each wakes the writer)."""
+
+    def __init__(self):
+        self.waits = 0
+
+    def get(self, block=True, timeout=None):
+        self.waits += block
+        return super().get(block, timeout)
+
+
+def test_recording_a_row_does_not_wake_the_writer(make_log, tmp_path):
+    # Woken once per row, the writer takes the GIL from the event loop and the model's thread
+    # once per prediction: it waits the flush interval out instead, then takes what came.
+    log = make_log(flush_interval_s=0.2)
+    log._queue = CountedQueue()
+    log.start()
+    for i in range(30):
+        log.record(record(i))
+        time.sleep(0.01)
+    eventually(lambda: log.written == 30, "log.written == 30", timeout_s=10, interval_s=0.05)
+    assert log._queue.waits == 0
+    assert sorted(rows(tmp_path / "db/p.db")) == sorted(f"req-{i}" for i in range(30))
+
+
+def test_a_full_batch_is_written_without_waiting_for_the_interval(make_log, monkeypatch):
+    log = make_log(flush_interval_s=60, flush_batch_size=10)
+    for i in range(25):
+        log.record(record(i))
+    waited = []
+    monkeypatch.setattr(log._stop, "wait", waited.append)
+    assert [r.request_id for r in log._collect()] == [f"req-{i}" for i in range(10)]
+    assert [r.request_id for r in log._collect()] == [f"req-{i}" for i in range(10, 20)]
+    assert waited == []
+    assert [r.request_id for r in log._collect()] == [f"req-{i}" for i in range(20, 25)]
+    assert waited == [60]  # fewer than a batch: it waits the interval out first
 
 
 def log_at_revision(tmp_path, revision: str, *rows: str, name: str = "old.db"):

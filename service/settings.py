@@ -339,8 +339,9 @@ class Settings(BaseSettings):
         ge=0,
         le=2047,
         description="Freed heap memory a worker keeps for its next batch instead of giving it "
-        "back to the kernel (glibc's trim threshold; blocks up to 32 MiB come from the heap): "
-        "without it the forward pass faults on fresh pages every batch. 0: glibc's defaults",
+        "back to the kernel (glibc's trim threshold; blocks up to 32 MiB come from the heap, "
+        "and the worker's threads share one arena): without it the forward pass can fault on "
+        "fresh pages every batch. 0: glibc's defaults",
     )
     state_dir: Path = Field(Path("var"), description="Prediction DB (SQLite) and spool")
     variants: list[VariantSettings] = Field(

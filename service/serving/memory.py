@@ -17,6 +17,7 @@ M_TRIM_THRESHOLD at `retain_freed_memory_mb`, and M_ARENA_MAX at 1. Both thresho
 neither: setting either one stops both moving, so one alone pins the other at its 128 KiB
 start, which is worse than no setting (the same measurement: 53 ms an image with only the mmap
 threshold, 91 ms with only the trim threshold).
+
 One arena: a thread's own arena grows in heaps of at most 64 MiB, and glibc unmaps a heap whose
 memory is all free whatever the thresholds, so a batch's activations that spill into a second
 heap fault again at the next batch (served, one worker of two faulted 1,200 times an image with
@@ -25,9 +26,10 @@ the model's thread allocates a few hundred blocks a batch, and Python's small ob
 reach malloc. Threads take their arena at their first allocation, so the service calls this
 before it starts any (service.py); the model calls it again for processes without the service
 (the benchmark's ceiling), where it is a no-op once done.
+
 Memory: a worker keeps what its largest batch needed (it needs it again at the next), and up
-to the setting more per heap after a spike (a huge upload's pixels). Blocks over 32 MiB are
-still mmapped and given back at once.
+to the setting more after a spike. Blocks over 32 MiB (a huge upload's pixels, the activations
+of a large batch) are still mmapped and given back at once.
 
 Elsewhere (musl, macOS) mallopt is missing or a no-op: the worker logs so and runs as before.
 """
@@ -50,8 +52,8 @@ _applied: int | None = None
 
 
 def retain_freed_memory(megabytes: int) -> bool:
-    """Fix glibc's thresholds for this process (see the module's docstring); 0 leaves them to
-    glibc. True if they are set; once per process, later calls with the same value are free."""
+    """Set glibc's malloc for this process (see the module's docstring); 0 leaves it as it is.
+    True if set; once per process, later calls with the same value are free."""
     global _applied
     if megabytes == 0:
         return False
@@ -63,7 +65,7 @@ def retain_freed_memory(megabytes: int) -> bool:
         and mallopt(M_TRIM_THRESHOLD, megabytes << 20)
         and mallopt(M_ARENA_MAX, 1)
     ):
-        log.warning("malloc thresholds left as they are: this C library has no glibc mallopt")
+        log.warning("malloc left as it is: this C library has no glibc mallopt")
         return False
     _applied = megabytes
     log.info("malloc keeps up to %d MiB freed for reuse (one arena, mmap above 32 MiB)", megabytes)

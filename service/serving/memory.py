@@ -37,7 +37,6 @@ Elsewhere (musl, macOS) mallopt is missing or a no-op: the worker logs so and ru
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
@@ -73,10 +72,7 @@ def retain_freed_memory(megabytes: int) -> bool:
 
 
 def _mallopt():
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    libc = ctypes.CDLL(name)
+    libc = ctypes.CDLL(None)  # the process's own symbols, its C library's among them
     if not hasattr(libc, "gnu_get_libc_version"):  # musl's mallopt does nothing
         return None
     mallopt = libc.mallopt

@@ -40,6 +40,9 @@ from .web import router as web_page
 
 log = logging.getLogger(__name__)
 settings = get_settings()
+# At import, while the worker has one thread: a thread that takes an arena of its own before
+# this keeps it, and later threads (the model's among them) may be handed it (memory.py).
+retain_freed_memory(settings.retain_freed_memory_mb)
 limits = settings.limits
 
 app = FastAPI(title="bento-fleet image classifier", version="1")
@@ -79,7 +82,6 @@ class ImageClassifier:
     through a worker thread. They reach the pipeline through `app.state`."""
 
     def __init__(self) -> None:
-        retain_freed_memory(settings.retain_freed_memory_mb)  # before this worker's threads
         # The pipeline and the model operations are built on a thread: they import torch,
         # torchvision and scipy (seconds on a small host), and uvicorn accepts no connection
         # until this returns, while BentoML's arbiter already listens on the port. A host that

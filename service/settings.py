@@ -335,12 +335,12 @@ class Settings(BaseSettings):
     )
     torch_threads: int | None = Field(None, ge=1, description="Intra-op threads (CPU)")
     retain_freed_memory_mb: int = Field(
-        256,
+        512,
         ge=0,
         le=2047,
         description="Freed heap memory a worker keeps for its next batch instead of giving it "
-        "back to the kernel (glibc's trim threshold; blocks up to 32 MiB come from the heap, "
-        "and the worker's threads share one arena): without it the forward pass can fault on "
+        "back to the kernel (glibc's trim threshold; every block comes from the heap, and the "
+        "worker's threads share one arena): without it the forward pass can fault on "
         "fresh pages every batch. 0: glibc's defaults",
     )
     state_dir: Path = Field(Path("var"), description="Prediction DB (SQLite) and spool")

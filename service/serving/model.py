@@ -242,8 +242,9 @@ class Classifier:
     def profile_batch_sizes(self, sizes: list[int], rounds: int = 5) -> dict[int, float]:
         """Seconds per image at each batch size (its fastest round); warms each shape too.
 
-        Bigger is not always faster: on a 2-core CPU EfficientNet-Lite0 runs fastest per image
-        at batch 2-4 (activations of larger batches spill out of cache), on a GPU at the largest.
+        Bigger is not always faster: on a 2-core CPU EfficientNet-Lite0 costs the same per image
+        from batch 8 to 32 (and more above 4 while its freed memory faulted: memory.py), on a
+        GPU least at the largest.
         The rounds are interleaved (every size once, then again), so a noisy moment of a shared
         host spreads over all sizes instead of sinking one, and each size keeps its fastest
         round: noise only ever adds time. The median of three rounds of each size in turn let

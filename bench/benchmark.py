@@ -6,8 +6,8 @@
 1. The ceiling: the model in-process with the same preprocessing (JPEG bytes -> tensor ->
    forward pass -> top-5) at batch sizes 1..32: its best throughput, its single-image latency,
    and the forward pass alone on decoded pixels: its images a second (which no server can
-   pass: the ceiling decodes on one thread and runs in turn, the server decodes on several)
-   and its CPU per image (process CPU time over a loop of it).
+   pass: the ceiling decodes and runs in turn, the server overlaps the two) and its CPU per
+   image (process CPU time over a loop of it).
 2. The service under `bentoml serve` on loopback, closed-loop clients uploading real 320x240
    JPEGs at each concurrency, in three configurations, each its own server up for the whole
    run: the defaults (eager PyTorch, adaptive batching), batching off, and `compile: inductor`

@@ -134,13 +134,6 @@ class BatchingSettings(BaseModel):
         True,
         description="At start, time each batch size and cap batches at the fastest per image",
     )
-    cpu_turns: bool = Field(
-        True,
-        description="With the model on the CPU, decode between forward passes instead of "
-        "beside them, and let a free model wait for the images still decoding: the forward "
-        "pass's threads take every core, and a decode beside them slows it by more than it "
-        "costs. False overlaps them (a host whose torch_threads leave cores free)",
-    )
 
 
 class LimitSettings(BaseModel):

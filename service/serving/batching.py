@@ -16,10 +16,6 @@ than the model does), and `submit(..., reserved=True)` turns the places into que
 without asking again, so a request admitted before its decode is never refused after it.
 Images the decode pool sends to its heavy lane are the exception: they are submitted the same
 way but hold no place while they decode (decoding.py says why).
-
-On a CPU host the forward pass and the decodes take turns on the cores (cpu_turns.py): there a
-free model waits, briefly, for the admitted images still decoding before it takes its batch, or
-it would run one nearly empty batch after another.
 """
 
 from __future__ import annotations
@@ -35,7 +31,6 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ServiceError
-from .cpu_turns import DECODE_WAIT_S, CpuTurns, turns
 from .model import Pixels
 from .model_thread import model_executor
 
@@ -77,14 +72,12 @@ class AdaptiveBatcher:
         max_latency_ms: float,
         enabled: bool = True,
         on_batch: Callable[[BatchStats], None] | None = None,
-        cpu_turns: CpuTurns = turns,
     ):
         self._run_batch = run  # on the model thread: a probability row or an error per image
         self.max_batch_size = max_batch_size if enabled else 1
         self.max_queue_size = max_queue_size
         self.max_latency_s = max_latency_ms / 1000.0
         self._on_batch = on_batch
-        self._turns = cpu_turns
         self._queue: deque[_Job] = deque()
         self._running = 0  # images in the batch on the model right now
         self._reserved = 0  # images admitted and still decoding
@@ -154,8 +147,6 @@ class AdaptiveBatcher:
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self._turns.enabled:
-                await self._wait_for_decodes()
             batch: list[_Job] = []
             while self._queue and len(batch) < self.max_batch_size:
                 job = self._queue.popleft()
@@ -167,7 +158,7 @@ class AdaptiveBatcher:
             started = time.perf_counter()
             try:
                 images = [job.image for job in batch]
-                rows = await loop.run_in_executor(self._executor, self._run_in_turn, images)
+                rows = await loop.run_in_executor(self._executor, self._run_batch, images)
             except Exception as exc:  # noqa: BLE001 - delivered to each waiting request
                 for job in batch:
                     if not job.future.done():
@@ -188,24 +179,6 @@ class AdaptiveBatcher:
                 self._on_batch(
                     BatchStats(len(batch), elapsed, [started - job.enqueued for job in batch])
                 )
-
-    async def _wait_for_decodes(self) -> None:
-        """Until the images admitted and still decoding have joined the queue, the queue holds
-        a full batch, or DECODE_WAIT_S has passed (cpu_turns.py says why)."""
-        deadline = time.perf_counter() + DECODE_WAIT_S
-        while self._reserved and len(self._queue) < self.max_batch_size:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                return
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                return
-
-    def _run_in_turn(self, images: list[Pixels]) -> list[torch.Tensor | Exception]:
-        with self._turns.forward():
-            return self._run_batch(images)
 
     def _update_estimate(self, seconds_per_image: float) -> None:
         previous = self.seconds_per_image

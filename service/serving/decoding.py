@@ -29,9 +29,6 @@ JPEGs the model's device decodes with their batch (settings `jpeg_decode`, devic
 take neither lane: `admit` sends them to the batcher as they are, their header read and nothing
 more paid on the CPU.
 
-On a CPU host the light lane's decodes take turns with the forward pass instead of running
-beside it (cpu_turns.py); the heavy lane's do not, and run at their low priority instead.
-
 Heavy images do not hold places in the batcher's queue while they decode (the pipeline reserves
 places for the light ones only): they reach the model one lane-slow decode at a time, and
 holding their places for seconds would refuse every other client meanwhile.
@@ -60,7 +57,6 @@ import torch
 from .. import metrics
 from ..errors import ServiceError
 from . import thread_names
-from .cpu_turns import CpuTurns, turns
 from .device_decoding import EncodedJpeg, decodable_on_device
 from .preprocessing import DecodedInfo, OpenedImage, Preprocessor
 from .thread_names import name_this_thread
@@ -161,9 +157,7 @@ class DecodePool:
         max_pixels: int = 40_000_000,
         statistics_per_second: float = math.inf,
         clock: Callable[[], float] = time.monotonic,
-        cpu_turns: CpuTurns = turns,
     ):
-        self._turns = cpu_turns
         self.light = _Lane("light", light_threads)
         self.heavy = _Lane("heavy", 1, nice=HEAVY_LANE_NICE)
         self.statistics_share = statistics_share
@@ -273,9 +267,8 @@ class DecodePool:
                 held.image.image.close()  # the header was all it was opened for
                 futures.append(_done((held.image.info, [held.on_device] * len(preprocessors))))
                 continue
-            decode = self._decode_in_turn if held.lane is self.light else self._decode_one
             future: Future = held.lane.executor.submit(
-                decode, held.image, preprocessors, held.statistics
+                self._decode_one, held.image, preprocessors, held.statistics
             )
             # Released when decoded, failed, or cancelled before it started (a client gone).
             future.add_done_callback(lambda _, lane=held.lane, s=held.estimate_s: lane.release(s))
@@ -287,10 +280,6 @@ class DecodePool:
             if isinstance(item, BaseException):
                 raise item
         return decoded
-
-    def _decode_in_turn(self, *image) -> Decoded:
-        with self._turns.decode():
-            return self._decode_one(*image)
 
     def _decode_one(
         self, opened: OpenedImage, preprocessors: list[Preprocessor], statistics: bool

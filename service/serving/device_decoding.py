@@ -7,7 +7,7 @@ skips the decode threads: the request path only reads its header (decoding.py), 
 thread decodes the batch's JPEGs together, resizes and crops them on the device (those of one
 size together), and runs them with the batch's other images (`decode_batch`). On the CPU the
 same code decodes with libjpeg-turbo on the model thread: how the tests cover it, not how a CPU
-host should serve (its decode threads use every core between forward passes: cpu_turns.py).
+host should serve (its decode threads overlap decoding with the forward pass).
 
 What goes to the device is what it will surely decode the way Pillow would
 (`decodable_on_device`): a baseline or progressive JPEG in RGB or grey (a CMYK JPEG's inversion

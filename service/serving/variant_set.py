@@ -11,7 +11,6 @@ import torch
 from .. import metrics
 from ..settings import Settings
 from .batching import AdaptiveBatcher, BatchStats, choose_batch_cap
-from .cpu_turns import turns
 from .model import Classifier
 from .model_thread import on_model_thread
 from .variants import Variant, VariantRouter
@@ -81,8 +80,6 @@ class VariantSet:
                 # calibration then times what serving will get (model_thread.py).
                 classifier = on_model_thread(self._build, variant)
                 variant.classifier = classifier
-                if classifier.device.type == "cpu" and self.settings.batching.cpu_turns:
-                    turns.enable()  # for every variant: they share the cores and the thread
                 if classifier.device.type == "cuda":  # fixed for the device: set once
                     metrics.GPU_MEMORY_TOTAL_BYTES.set(
                         torch.cuda.get_device_properties(classifier.device).total_memory

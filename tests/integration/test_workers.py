@@ -25,6 +25,21 @@ def two_workers(tmp_path_factory):
             "BENTO_FLEET_FEEDBACK__LOOKUP_WAIT_S": "5",
         },
     ).start(timeout_s=300)
+
+    # start() returns once one /readyz answers, which either worker may give: on a slow host
+    # the other was still loading its model and answered /model with 503. Each request is a new
+    # connection, handed to either worker; wait until each has answered one with 200.
+    def both_ready():
+        httpx.get(server.url + "/model", timeout=10)
+        answered = [
+            line for line in server.log_path.read_text().splitlines() if "path=/model," in line
+        ]
+        return all(
+            any(f"classifier:{worker}] " in line and "status=200" in line for line in answered)
+            for worker in (1, 2)
+        )
+
+    eventually(both_ready, "both workers ready", timeout_s=300)
     yield server
     server.stop()
 

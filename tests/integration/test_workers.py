@@ -31,17 +31,21 @@ def two_workers(tmp_path_factory):
     # connection, handed to either worker; wait until each has answered one with 200.
     def both_ready():
         httpx.get(server.url + "/model", timeout=10)
-        answered = [
-            line for line in server.log_path.read_text().splitlines() if "path=/model," in line
-        ]
-        return all(
-            any(f"classifier:{worker}] " in line and "status=200" in line for line in answered)
-            for worker in (1, 2)
-        )
+        return all(answered(server, worker, "/model") for worker in (1, 2))
 
     eventually(both_ready, "both workers ready", timeout_s=300)
     yield server
     server.stop()
+
+
+def answered(server, worker: int, path: str) -> bool:
+    """Whether the access log shows worker `worker` answering `path` with 200."""
+    return any(
+        f"classifier:{worker}] 127.0.0.1" in line
+        and f"path={path}," in line
+        and "status=200" in line
+        for line in server.log_path.read_text().splitlines()
+    )
 
 
 def classify(server, request_id: str) -> httpx.Response:
@@ -64,10 +68,8 @@ def test_every_worker_answers_and_each_request_is_logged_once(two_workers):
     answers = [classify(two_workers, request_id) for request_id in ids]
     assert [a.status_code for a in answers] == [200] * REQUESTS
     assert {a.json()["label"] for a in answers} == {"espresso"}
-    log = two_workers.log_path.read_text().splitlines()
     for worker in (1, 2):  # the kernel hands each new connection to either: both serve
-        answered = [line for line in log if f"classifier:{worker}] 127.0.0.1" in line]
-        assert any("path=/classify," in line and "status=200" in line for line in answered)
+        assert answered(two_workers, worker, "/classify")
 
     def logged():
         with prediction_log(two_workers.state_dir).connect() as db:

@@ -3,7 +3,13 @@ forward pass."""
 
 from __future__ import annotations
 
+import logging
+
 import torch
+import torch.fx
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+log = logging.getLogger(__name__)
 
 
 def fold_symmetric_same_padding(module: torch.nn.Module) -> torch.nn.Module:
@@ -27,3 +33,69 @@ def fold_symmetric_same_padding(module: torch.nn.Module) -> torch.nn.Module:
             layer.padding = (top, left)
             layer.static_padding = torch.nn.Identity()
     return module
+
+
+class _ConvolutionsAsLeaves(torch.fx.Tracer):
+    """Keeps every convolution a module call in the graph, subclasses too. torch.fx's default
+    tracer does so for torch.nn's own classes only: it traces into EfficientNet-Lite's
+    Conv2dStaticSamePadding and leaves a bare conv2d call, with no module to fold into."""
+
+    def is_leaf_module(self, module: torch.nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, torch.nn.Conv2d) or super().is_leaf_module(module, qualified_name)
+
+
+def fold_batch_norm(module: torch.nn.Module) -> tuple[torch.nn.Module, int]:
+    """An eval-mode model with each BatchNorm2d that follows a convolution folded into that
+    convolution's weights and bias, and how many were folded.
+
+    In eval mode a batch norm is a fixed scale and shift per channel, which the convolution
+    before it can apply itself (torch's fuse_conv_bn_eval computes the new weights): one pass
+    over every activation fewer, for the 49 of EfficientNet-Lite0 and the 53 of ResNet-50.
+    Outputs agree to float32 rounding (1e-6 of the largest logit). Made in float32, before the
+    model is cast to float16 on a GPU, so the folded weights are rounded once.
+
+    torch.fx finds which batch norm reads which convolution. torch's own
+    `torch.fx.experimental.optimization.fuse` does the same but matches torch.nn.Conv2d
+    exactly, so it folds none of EfficientNet-Lite's. A norm is folded only where the
+    convolution's output goes to it alone and the convolution is called once; a model fx
+    cannot trace (Python control flow on its input) is served unfolded.
+    """
+    if module.training:
+        raise ValueError("fold_batch_norm needs a model in eval mode")
+    try:
+        graph = _ConvolutionsAsLeaves().trace(module)
+    except (RuntimeError, TypeError, ValueError) as exc:  # ValueError: fx's TraceError
+        # Control flow on the input (TraceError), len() of it (RuntimeError), an operation
+        # a proxy does not support (TypeError).
+        log.warning("batch norms left unfolded: torch.fx cannot trace the model: %s", exc)
+        return module, 0
+    traced = torch.fx.GraphModule(module, graph)
+    layers = dict(traced.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    folded = 0
+    for node in list(graph.nodes):
+        if node.op != "call_module" or not node.args:
+            continue
+        norm, source = layers[node.target], node.args[0]
+        if not (
+            isinstance(norm, torch.nn.BatchNorm2d)
+            and norm.track_running_stats
+            and isinstance(source, torch.fx.Node)
+            and source.op == "call_module"
+            and isinstance(layers[source.target], torch.nn.Conv2d)
+            and len(source.users) == 1
+            and calls[source.target] == 1
+        ):
+            continue
+        traced.set_submodule(source.target, fuse_conv_bn_eval(layers[source.target], norm))
+        node.replace_all_uses_with(source)
+        graph.erase_node(node)
+        folded += 1
+    if not folded:
+        return module, 0
+    traced.delete_all_unused_submodules()
+    traced.recompile()
+    return traced, folded

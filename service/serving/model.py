@@ -22,7 +22,7 @@ import torchvision
 from ..errors import ServiceError
 from ..settings import DEFAULT_ARCHITECTURE, Settings
 from .device_decoding import EncodedJpeg, decode_batch
-from .folding import fold_symmetric_same_padding
+from .folding import fold_batch_norm, fold_symmetric_same_padding
 from .memory import retain_freed_memory
 from .preprocessing import Preprocessor
 
@@ -195,7 +195,8 @@ class Classifier:
         )
         started = time.perf_counter()
         module = build_module(cfg.architecture, self.weights_path, len(self.labels))
-        self.parameters = sum(p.numel() for p in module.parameters())
+        self.parameters = sum(p.numel() for p in module.parameters())  # as trained, unfolded
+        module, self.folded_batch_norms = fold_batch_norm(module)
         # channels_last lets cuDNN pick its fast NHWC convolutions (tensor cores in fp16).
         self.memory_format = (
             torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
@@ -337,6 +338,7 @@ class Classifier:
             "compile": self.compiled,
             "jpeg_decode": "device" if self.jpeg_on_device else "pillow",
             "parameters": self.parameters,
+            "folded_batch_norms": self.folded_batch_norms,
             "input_size": [3, self.preprocessor.input_size, self.preprocessor.input_size],
             "preprocessing": {
                 "resize_shorter_side": self.preprocessor.resize_size,

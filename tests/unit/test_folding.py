@@ -1,0 +1,173 @@
+"""The model rewrites made at start (service/serving/folding.py) answer as the model they
+rewrite."""
+
+import logging
+
+import pytest
+import torch
+import torchvision
+from support import photo
+
+from service.serving.folding import fold_batch_norm
+from service.serving.model import (
+    DEFAULT_ARCHITECTURE,
+    LITE_MEAN,
+    LITE_STD,
+    build_module,
+    default_weights_path,
+)
+from service.serving.preprocessing import Preprocessor
+
+PHOTOS = ("coffee.png", "rocket.jpg", "chelsea.png", "astronaut.png")
+
+
+@pytest.fixture(scope="module")
+def lite_input() -> torch.Tensor:
+    preprocessor = Preprocessor(224, 256, LITE_MEAN, LITE_STD, max_pixels=40_000_000)
+    pixels = torch.stack([preprocessor(photo(name))[0] for name in PHOTOS])
+    return preprocessor.normalize(pixels, torch.float32)
+
+
+@pytest.fixture(scope="module")
+def lite() -> torch.nn.Module:
+    return build_module(DEFAULT_ARCHITECTURE, default_weights_path(), 1000)
+
+
+def batch_norms(module: torch.nn.Module) -> int:
+    return sum(isinstance(layer, torch.nn.BatchNorm2d) for layer in module.modules())
+
+
+def randomise_batch_norms(module: torch.nn.Module) -> torch.nn.Module:
+    """A fresh model's norms are the identity, which a wrong fold would pass for."""
+    generator = torch.Generator().manual_seed(0)
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            for tensor, low, high in (
+                (layer.running_mean, -1.0, 1.0),
+                (layer.running_var, 0.5, 2.0),
+                (layer.weight.data, 0.5, 1.5),
+                (layer.bias.data, -0.5, 0.5),
+            ):
+                if tensor is not None:  # none without running statistics
+                    tensor.copy_(torch.empty_like(tensor).uniform_(low, high, generator=generator))
+    return module.eval()
+
+
+def test_the_folded_same_padding_answers_as_the_librarys_own_layers(lite, lite_input):
+    from efficientnet_lite_pytorch import EfficientNet
+    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
+
+    as_published = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+    as_published.load_state_dict(lite.state_dict())
+    as_published.eval()
+    layers = [layer for layer in lite.modules() if isinstance(layer, Conv2dStaticSamePadding)]
+    padded = [layer for layer in layers if isinstance(layer.static_padding, torch.nn.ZeroPad2d)]
+    # Only the stride-2 layers, whose "SAME" padding is one-sided, still copy to pad.
+    assert len(padded) == 5 and all(tuple(layer.stride) == (2, 2) for layer in padded)
+    assert sum(layer.padding != (0, 0) for layer in layers) == 12
+    with torch.inference_mode():
+        assert torch.equal(lite(lite_input), as_published(lite_input))
+
+
+def test_every_batch_norm_of_efficientnet_lite_is_folded_and_answers_alike(lite, lite_input):
+    # torch's own fx fuse() matches torch.nn.Conv2d exactly and folds none of these: the
+    # library's convolutions are a subclass of it.
+    from torch.fx.experimental.optimization import fuse
+
+    assert batch_norms(fuse(lite)) == 49
+    folded, count = fold_batch_norm(lite)
+    assert (count, batch_norms(folded), batch_norms(lite)) == (49, 0, 49)  # lite is untouched
+    with torch.inference_mode():
+        expected, actual = lite(lite_input), folded(lite_input)
+    assert torch.allclose(actual, expected, rtol=0, atol=1e-4 * expected.abs().max().item())
+    assert actual.argmax(dim=1).tolist() == expected.argmax(dim=1).tolist()
+    assert (actual.softmax(dim=1) - expected.softmax(dim=1)).abs().max().item() < 1e-5
+
+
+def test_a_torchvision_resnet_is_folded_too():
+    resnet = randomise_batch_norms(torchvision.models.resnet18(num_classes=10))
+    folded, count = fold_batch_norm(resnet)
+    assert (count, batch_norms(folded)) == (20, 0)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected, actual = resnet(x), folded(x)
+    assert torch.allclose(actual, expected, rtol=0, atol=1e-4 * expected.abs().max().item())
+
+
+class ConvReadTwice(torch.nn.Module):
+    """The convolution's output goes to its norm and, before the norm, to a sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1, bias=False)
+        self.norm = torch.nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.norm(y) + y
+
+
+class ConvCalledTwice(torch.nn.Module):
+    """One convolution at two places, a norm after one of them."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1, bias=False)
+        self.norm = torch.nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.norm(self.conv(x)) + self.conv(x)
+
+
+class NormWithoutRunningStatistics(torch.nn.Module):
+    """A norm that, in eval mode too, uses each batch's own statistics: no fixed scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(3, track_running_stats=False)
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+
+
+@pytest.mark.parametrize("model", [ConvReadTwice, ConvCalledTwice, NormWithoutRunningStatistics])
+def test_a_norm_that_cannot_be_folded_leaves_the_model_as_it_is(model):
+    module = randomise_batch_norms(model())
+    folded, count = fold_batch_norm(module)
+    assert count == 0 and folded is module
+
+
+def test_a_model_with_both_kinds_folds_only_what_it_can():
+    module = torch.nn.Sequential(ConvReadTwice(), torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    module = randomise_batch_norms(module)
+    folded, count = fold_batch_norm(module)
+    assert (count, batch_norms(folded)) == (1, 1)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        assert torch.allclose(folded(x), module(x), atol=1e-5)
+
+
+class BranchesOnItsInput(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        if x.sum() > 0:  # torch.fx cannot trace this
+            return self.norm(self.conv(x))
+        return x
+
+
+def test_a_model_fx_cannot_trace_is_served_unfolded(caplog):
+    module = BranchesOnItsInput().eval()
+    with caplog.at_level(logging.WARNING, logger="service.serving.folding"):
+        folded, count = fold_batch_norm(module)
+    assert count == 0 and folded is module
+    assert "batch norms left unfolded: torch.fx cannot trace the model" in caplog.text
+
+
+def test_a_model_in_training_mode_is_refused():
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norm(ConvReadTwice().train())

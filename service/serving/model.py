@@ -197,10 +197,10 @@ class Classifier:
         module = build_module(cfg.architecture, self.weights_path, len(self.labels))
         self.parameters = sum(p.numel() for p in module.parameters())  # as trained, unfolded
         module, self.folded_batch_norms = fold_batch_norm(module)
-        # channels_last lets cuDNN pick its fast NHWC convolutions (tensor cores in fp16).
-        self.memory_format = (
-            torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
-        )
+        # channels_last (NHWC) on every device: cuDNN's fast NHWC convolutions (tensor cores in
+        # fp16) on a GPU, oneDNN's on the CPU, where EfficientNet-Lite0's forward pass takes
+        # 12-30% less an image from batch 1 to 32 and ResNet-50's 3-15% (docs/serving.md).
+        self.memory_format = torch.channels_last
         self.module = module.to(self.device, self.dtype, memory_format=self.memory_format)
         self.compiled = settings.compile
         self.module = compile_module(

@@ -51,6 +51,12 @@ def test_model_card(default_classifier):
     assert card["num_classes"] == len(card["classes"]) == 1000
     assert len(card["weights_sha256"]) == 64
     assert (card["device"], card["dtype"]) == ("cpu", "float32")
+    # NHWC on the CPU too: oneDNN's convolutions are faster in it (docs/serving.md).
+    assert card["channels_last"]
+    convolutions = [p for p in default_classifier.module.parameters() if p.dim() == 4]
+    assert convolutions and all(
+        p.is_contiguous(memory_format=torch.channels_last) for p in convolutions
+    )
     assert 4_000_000 < card["parameters"] < 6_000_000  # as trained: before the fold
     assert card["folded_batch_norms"] == 49  # folding.py
     assert card["preprocessing"]["mean"] == [127.0] * 3  # EfficientNet-Lite's own, not ImageNet's

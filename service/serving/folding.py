@@ -99,3 +99,61 @@ def fold_batch_norm(module: torch.nn.Module) -> tuple[torch.nn.Module, int]:
     traced.delete_all_unused_submodules()
     traced.recompile()
     return traced, folded
+
+
+# Elementwise activations with an `inplace` flag; each writes its output over its input.
+_ACTIVATIONS = (
+    torch.nn.ReLU,
+    torch.nn.Hardtanh,  # ReLU6 too
+    torch.nn.SiLU,
+    torch.nn.Hardswish,
+    torch.nn.Hardsigmoid,
+    torch.nn.LeakyReLU,
+    torch.nn.ELU,
+    torch.nn.CELU,
+    torch.nn.SELU,
+    torch.nn.Mish,
+)
+# Layers whose output is a tensor of its own, never a view of their input or of a parameter.
+_FRESH_OUTPUT = (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm2d)
+
+
+def activations_in_place(module: torch.nn.Module) -> int:
+    """Set `inplace` on every activation module whose every call reads a tensor nothing else
+    reads, and say on how many: the activation then writes over the convolution's output
+    instead of into a new tensor of the same size, one activation fewer held in memory and
+    written (EfficientNet-Lite0: ReLU6, 8% of the forward pass at batches of 8 and 16 on the
+    2-core CPU; torchvision's ResNets and MobileNets set it themselves).
+
+    Safe only where the input is read by the activation alone and is a tensor of its own:
+    written over, a tensor read later (a residual's input), a view of one, or the model's
+    input would change under its other readers. So every call of the module (one module may
+    be called at several places, as EfficientNet-Lite's `_swish` is) must read the output of
+    a convolution, linear layer or batch norm that nothing else reads. A model torch.fx cannot
+    trace is left as it is.
+    """
+    try:
+        graph = _ConvolutionsAsLeaves().trace(module)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        log.warning("activations left out of place: torch.fx cannot trace the model: %s", exc)
+        return 0
+    layers = dict(module.named_modules())
+    safe: dict[str, bool] = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(layers[node.target], _ACTIVATIONS):
+            continue
+        source = node.args[0] if node.args else None
+        safe[node.target] = safe.get(node.target, True) and (
+            len(node.args) == 1
+            and not node.kwargs
+            and isinstance(source, torch.fx.Node)
+            and source.op == "call_module"
+            and isinstance(layers[source.target], _FRESH_OUTPUT)
+            and len(source.users) == 1
+        )
+    changed = 0
+    for target, is_safe in safe.items():
+        if is_safe and not layers[target].inplace:
+            layers[target].inplace = True
+            changed += 1
+    return changed

@@ -22,7 +22,7 @@ import torchvision
 from ..errors import ServiceError
 from ..settings import DEFAULT_ARCHITECTURE, Settings
 from .device_decoding import EncodedJpeg, decode_batch
-from .folding import fold_batch_norm, fold_symmetric_same_padding
+from .folding import activations_in_place, fold_batch_norm, fold_symmetric_same_padding
 from .memory import retain_freed_memory
 from .preprocessing import Preprocessor
 
@@ -197,6 +197,7 @@ class Classifier:
         module = build_module(cfg.architecture, self.weights_path, len(self.labels))
         self.parameters = sum(p.numel() for p in module.parameters())  # as trained, unfolded
         module, self.folded_batch_norms = fold_batch_norm(module)
+        self.activations_in_place = activations_in_place(module)
         # channels_last (NHWC) on every device: cuDNN's fast NHWC convolutions (tensor cores in
         # fp16) on a GPU, oneDNN's on the CPU, where EfficientNet-Lite0's forward pass takes
         # 12-30% less an image from batch 1 to 32 and ResNet-50's 3-15% (docs/serving.md).
@@ -339,6 +340,7 @@ class Classifier:
             "jpeg_decode": "device" if self.jpeg_on_device else "pillow",
             "parameters": self.parameters,
             "folded_batch_norms": self.folded_batch_norms,
+            "activations_in_place": self.activations_in_place,
             "input_size": [3, self.preprocessor.input_size, self.preprocessor.input_size],
             "preprocessing": {
                 "resize_shorter_side": self.preprocessor.resize_size,

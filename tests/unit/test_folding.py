@@ -8,7 +8,7 @@ import torch
 import torchvision
 from support import photo
 
-from service.serving.folding import fold_batch_norm
+from service.serving.folding import activations_in_place, fold_batch_norm
 from service.serving.model import (
     DEFAULT_ARCHITECTURE,
     LITE_MEAN,
@@ -171,3 +171,82 @@ def test_a_model_fx_cannot_trace_is_served_unfolded(caplog):
 def test_a_model_in_training_mode_is_refused():
     with pytest.raises(ValueError, match="eval mode"):
         fold_batch_norm(ConvReadTwice().train())
+
+
+def in_place(module: torch.nn.Module) -> list[str]:
+    return [
+        name for name, layer in module.named_modules() if getattr(layer, "inplace", False) is True
+    ]
+
+
+def test_efficientnet_lites_activations_write_over_their_input_and_answer_alike(lite, lite_input):
+    import copy
+
+    folded, _ = fold_batch_norm(lite)
+    before = copy.deepcopy(folded)
+    assert activations_in_place(folded) == 17 and in_place(before) == []
+    assert len(in_place(folded)) == 17
+    with torch.inference_mode():
+        assert torch.equal(folded(lite_input), before(lite_input))
+
+
+def test_a_torchvision_mobilenet_answers_alike_with_its_activations_in_place():
+    import copy
+
+    mobilenet = randomise_batch_norms(torchvision.models.mobilenet_v3_small(num_classes=10))
+    folded, _ = fold_batch_norm(mobilenet)
+    before = copy.deepcopy(folded)
+    assert activations_in_place(folded) > 0
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        assert torch.equal(folded(x), before(x))
+
+
+class ActivationBesideAResidual(torch.nn.Module):
+    """The convolution's output is read by the activation and by the sum after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.act = torch.nn.ReLU()
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.act(y) + y
+
+
+class ActivationOnTheInput(torch.nn.Module):
+    """Written over, the caller's own tensor would change."""
+
+    def __init__(self):
+        super().__init__()
+        self.act = torch.nn.ReLU6()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(self.act(x))
+
+
+class OneActivationTwoPlaces(torch.nn.Module):
+    """One module called where it is safe and where it is not."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.act = torch.nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.conv(x)) + self.act(x)
+
+
+@pytest.mark.parametrize(
+    "model", [ActivationBesideAResidual, ActivationOnTheInput, OneActivationTwoPlaces]
+)
+def test_an_activation_whose_input_is_read_elsewhere_stays_out_of_place(model):
+    module = model().eval()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        expected = module(x.clone())
+        assert activations_in_place(module) == 0 and in_place(module) == []
+        kept = x.clone()
+        assert torch.equal(module(kept), expected) and torch.equal(kept, x)

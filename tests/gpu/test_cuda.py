@@ -53,6 +53,25 @@ def test_fp16_on_the_gpu_agrees_with_float32_on_the_cpu(on_gpu):
     assert on_gpu.labels[gpu[0].argmax().item()] == "espresso"
 
 
+def test_the_folds_in_float16_answer_as_the_model_left_as_it_was(on_gpu):
+    # The folds are made in float32 and then cast (serving/folding.py); the model as loaded,
+    # cast to float16 on the GPU with its batch norms, is what they must agree with.
+    from service.serving.model import build_module
+
+    assert (on_gpu.folded_batch_norms, on_gpu.activations_in_place) == (49, 17)
+    as_loaded = build_module(on_gpu.architecture, on_gpu.weights_path, len(on_gpu.labels))
+    as_loaded = as_loaded.to("cuda", torch.float16, memory_format=torch.channels_last)
+    pixels = torch.stack([on_gpu.preprocessor(photo(name))[0] for name in PHOTOS]).cuda()
+    x = on_gpu.preprocessor.normalize(pixels, torch.float16).contiguous(
+        memory_format=torch.channels_last
+    )
+    with torch.inference_mode():
+        expected = as_loaded(x).float().softmax(dim=-1)
+    folded = probabilities(on_gpu).to("cuda")
+    assert folded.argmax(dim=1).tolist() == expected.argmax(dim=1).tolist()
+    assert (folded - expected).abs().max().item() < 0.02
+
+
 def test_bfloat16_is_selectable():
     classifier = Classifier(Settings(dtype="bfloat16"))
     assert classifier.dtype == torch.bfloat16

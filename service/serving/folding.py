@@ -4,6 +4,7 @@ forward pass."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import torch
 import torch.fx
@@ -71,10 +72,7 @@ def fold_batch_norm(module: torch.nn.Module) -> tuple[torch.nn.Module, int]:
         return module, 0
     traced = torch.fx.GraphModule(module, graph)
     layers = dict(traced.named_modules())
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
     folded = 0
     for node in list(graph.nodes):
         if node.op != "call_module" or not node.args:

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 # std 128), not on ImageNet's mean/std; using the latter costs it ~10 points of confidence.
 LITE_MEAN, LITE_STD = (127.0, 127.0, 127.0), (128.0, 128.0, 128.0)
 IMAGENET_MEAN, IMAGENET_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+# channels_last (NHWC) on every device: cuDNN's fast NHWC convolutions (tensor cores in fp16)
+# on a GPU, oneDNN's on the CPU, where EfficientNet-Lite0's forward pass takes 12-30% less an
+# image from batch 1 to 32 and ResNet-50's 3-15% (docs/serving.md).
+MEMORY_FORMAT = torch.channels_last
 
 
 def imagenet_labels() -> list[str]:
@@ -198,11 +202,7 @@ class Classifier:
         self.parameters = sum(p.numel() for p in module.parameters())  # as trained, unfolded
         module, self.folded_batch_norms = fold_batch_norm(module)
         self.activations_in_place = activations_in_place(module)
-        # channels_last (NHWC) on every device: cuDNN's fast NHWC convolutions (tensor cores in
-        # fp16) on a GPU, oneDNN's on the CPU, where EfficientNet-Lite0's forward pass takes
-        # 12-30% less an image from batch 1 to 32 and ResNet-50's 3-15% (docs/serving.md).
-        self.memory_format = torch.channels_last
-        self.module = module.to(self.device, self.dtype, memory_format=self.memory_format)
+        self.module = module.to(self.device, self.dtype, memory_format=MEMORY_FORMAT)
         self.compiled = settings.compile
         self.module = compile_module(
             self.module, self.compiled, self.device, settings.compile_cache_dir
@@ -302,7 +302,7 @@ class Classifier:
         with torch.inference_mode():
             pixels = batch.to(self.device, non_blocking=True)
             x = self.preprocessor.normalize(pixels, self.dtype).contiguous(
-                memory_format=self.memory_format
+                memory_format=MEMORY_FORMAT
             )
             probabilities = self.module(x)[:count].float().softmax(dim=-1).cpu()
         if not torch.isfinite(probabilities).all():
@@ -335,7 +335,7 @@ class Classifier:
             "classes": self.labels,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
-            "channels_last": self.memory_format == torch.channels_last,
+            "channels_last": torch.channels_last == MEMORY_FORMAT,
             "compile": self.compiled,
             "jpeg_decode": "device" if self.jpeg_on_device else "pillow",
             "parameters": self.parameters,

@@ -210,7 +210,7 @@ class DecodePool:
         lanes: list[_Lane | None] = [
             self.lane_for(image, cost) for image, cost in zip(images, estimates, strict=True)
         ]
-        statistics = [self._draw_statistics() for _ in images]
+        statistics = [self.draw_statistics() for _ in images]
         on_device: list[EncodedJpeg | None] = [None] * len(images)
         for index, image in enumerate(images):
             # Light on the CPU is not enough: Pillow decodes a large JPEG at a reduced scale,
@@ -239,7 +239,7 @@ class DecodePool:
             for held in zip(images, lanes, estimates, statistics, on_device, strict=True)
         ]
 
-    def _draw_statistics(self) -> bool:
+    def draw_statistics(self) -> bool:
         """Whether this image gets its pixel statistics: drawn by the share, then within the
         rate. Called on the event loop only (admit), so the bucket needs no lock."""
         if self.statistics_share < 1 and random.random() >= self.statistics_share:

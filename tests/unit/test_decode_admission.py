@@ -173,14 +173,14 @@ def test_the_heavy_lane_decodes_at_the_lowest_priority_and_the_light_lane_at_the
 def test_pixel_statistics_are_drawn_by_share_and_then_capped_per_second():
     now = [100.0]
     pool = DecodePool(statistics_share=1.0, statistics_per_second=10, clock=lambda: now[0])
-    assert sum(pool._draw_statistics() for _ in range(100)) == 10  # a second's worth at most
+    assert sum(pool.draw_statistics() for _ in range(100)) == 10  # a second's worth at most
     now[0] += 0.5
-    assert sum(pool._draw_statistics() for _ in range(100)) == 5
+    assert sum(pool.draw_statistics() for _ in range(100)) == 5
     now[0] += 60  # idle for a minute: still one second's worth, no more
-    assert sum(pool._draw_statistics() for _ in range(100)) == 10
+    assert sum(pool.draw_statistics() for _ in range(100)) == 10
     slow = DecodePool(statistics_share=1.0, statistics_per_second=0.5, clock=lambda: now[0])
-    assert sum(slow._draw_statistics() for _ in range(10)) == 1  # below one a second: still one
+    assert sum(slow.draw_statistics() for _ in range(10)) == 1  # below one a second: still one
     now[0] += 2
-    assert sum(slow._draw_statistics() for _ in range(10)) == 1
-    assert sum(DecodePool(statistics_share=1.0)._draw_statistics() for _ in range(100)) == 100
+    assert sum(slow.draw_statistics() for _ in range(10)) == 1
+    assert sum(DecodePool(statistics_share=1.0).draw_statistics() for _ in range(100)) == 100
     pool.close(), slow.close()

@@ -136,9 +136,9 @@ def measure_ceiling(
 ) -> dict:
     import torch
 
-    from service.serving.decoding import DecodePool
     from service.serving.device_decoding import decodable_on_device
     from service.serving.model import Classifier
+    from service.serving.statistics_draw import StatisticsDraw
     from service.settings import Settings
 
     settings = Settings(compile=compile_mode)  # jpeg_decode: from the environment
@@ -148,14 +148,12 @@ def measure_ceiling(
     # at most statistics_per_second). Computed for every image, they cost the ceiling 1.5 CPU ms
     # an image on the 2-core CPU (preprocessing 2.7-3.0 ms against 1.2-1.3), about a tenth of
     # its time per image, which the server does not spend: the ceiling came out low.
-    drift = settings.drift
-    drift_sample = DecodePool(
-        statistics_share=drift.statistics_share,
-        statistics_per_second=drift.statistics_per_second,
+    statistics_draw = StatisticsDraw(
+        settings.drift.statistics_share, settings.drift.statistics_per_second
     )
 
     def pixels(data: bytes) -> torch.Tensor:
-        image, _ = classifier.preprocessor.decode(data, drift_sample.draw_statistics())
+        image, _ = classifier.preprocessor.decode(data, statistics_draw.draw())
         return classifier.preprocessor.to_tensor(image)
 
     def run(batch_size: int) -> tuple[float, list[float]]:
@@ -210,7 +208,6 @@ def measure_ceiling(
     while count < 200:
         pixels(images[count % len(images)])
         count += 1
-    drift_sample.close()
     best = max(by_batch, key=lambda b: by_batch[b]["img_per_s"])
     return {
         "by_batch_size": by_batch,

@@ -33,10 +33,8 @@ Heavy images do not hold places in the batcher's queue while they decode (the pi
 places for the light ones only): they reach the model one lane-slow decode at a time, and
 holding their places for seconds would refuse every other client meanwhile.
 
-The pixel statistics that drift detection compares are computed for a random share of the
-images (drift.statistics_share), and for at most drift.statistics_per_second of them (a token
-bucket): a drift test needs a sample, not every image, and they cost more CPU than decoding a
-small photo; at a GPU worker's thousands of images a second even a small share would cost cores.
+The pixel statistics that drift detection compares are computed for a sample of the images,
+drawn at admission (statistics_draw.py).
 """
 
 from __future__ import annotations
@@ -45,7 +43,6 @@ import asyncio
 import logging
 import math
 import os
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -59,6 +56,7 @@ from ..errors import ServiceError
 from . import thread_names
 from .device_decoding import EncodedJpeg, decodable_on_device
 from .preprocessing import DecodedInfo, OpenedImage, Preprocessor
+from .statistics_draw import StatisticsDraw
 from .thread_names import name_this_thread
 
 log = logging.getLogger(__name__)
@@ -160,14 +158,7 @@ class DecodePool:
     ):
         self.light = _Lane("light", light_threads)
         self.heavy = _Lane("heavy", 1, nice=HEAVY_LANE_NICE)
-        self.statistics_share = statistics_share
-        self.statistics_per_second = statistics_per_second
-        self._clock = clock
-        # The token bucket holds a second's worth (one image at least): an idle spell buys no
-        # burst beyond it.
-        self._statistics_capacity = max(1.0, min(statistics_per_second, 1e9))
-        self._statistics_tokens = self._statistics_capacity
-        self._statistics_refilled = clock()
+        self.statistics = StatisticsDraw(statistics_share, statistics_per_second, clock)
         self.heavy_s = heavy_decode_ms / 1000.0
         self.heavy_pixels = max_pixels // 4
         self.correction = dict.fromkeys(SECONDS_PER_MEGAPIXEL, 1.0)
@@ -210,7 +201,7 @@ class DecodePool:
         lanes: list[_Lane | None] = [
             self.lane_for(image, cost) for image, cost in zip(images, estimates, strict=True)
         ]
-        statistics = [self.draw_statistics() for _ in images]
+        statistics = [self.statistics.draw() for _ in images]
         on_device: list[EncodedJpeg | None] = [None] * len(images)
         for index, image in enumerate(images):
             # Light on the CPU is not enough: Pillow decodes a large JPEG at a reduced scale,
@@ -238,22 +229,6 @@ class DecodePool:
             Admitted(*held)
             for held in zip(images, lanes, estimates, statistics, on_device, strict=True)
         ]
-
-    def draw_statistics(self) -> bool:
-        """Whether this image gets its pixel statistics: drawn by the share, then within the
-        rate. Called on the event loop only (admit), so the bucket needs no lock."""
-        if self.statistics_share < 1 and random.random() >= self.statistics_share:
-            return False
-        if math.isinf(self.statistics_per_second):
-            return True
-        now = self._clock()
-        earned = (now - self._statistics_refilled) * self.statistics_per_second
-        self._statistics_tokens = min(self._statistics_capacity, self._statistics_tokens + earned)
-        self._statistics_refilled = now
-        if self._statistics_tokens < 1:
-            return False
-        self._statistics_tokens -= 1
-        return True
 
     # -- decoding ---------------------------------------------------------------------------
     async def decode(

@@ -17,6 +17,7 @@ from service.serving import decoding
 from service.serving.decoding import DecodePool
 from service.serving.model import LITE_MEAN, LITE_STD
 from service.serving.preprocessing import Preprocessor
+from service.serving.statistics_draw import StatisticsDraw
 
 PREPROCESSOR = Preprocessor(224, 256, LITE_MEAN, LITE_STD, 40_000_000, 10_000_000)
 
@@ -172,15 +173,23 @@ def test_the_heavy_lane_decodes_at_the_lowest_priority_and_the_light_lane_at_the
 
 def test_pixel_statistics_are_drawn_by_share_and_then_capped_per_second():
     now = [100.0]
-    pool = DecodePool(statistics_share=1.0, statistics_per_second=10, clock=lambda: now[0])
-    assert sum(pool.draw_statistics() for _ in range(100)) == 10  # a second's worth at most
+    draw = StatisticsDraw(share=1.0, per_second=10, clock=lambda: now[0])
+    assert sum(draw.draw() for _ in range(100)) == 10  # a second's worth at most
     now[0] += 0.5
-    assert sum(pool.draw_statistics() for _ in range(100)) == 5
+    assert sum(draw.draw() for _ in range(100)) == 5
     now[0] += 60  # idle for a minute: still one second's worth, no more
-    assert sum(pool.draw_statistics() for _ in range(100)) == 10
-    slow = DecodePool(statistics_share=1.0, statistics_per_second=0.5, clock=lambda: now[0])
-    assert sum(slow.draw_statistics() for _ in range(10)) == 1  # below one a second: still one
+    assert sum(draw.draw() for _ in range(100)) == 10
+    slow = StatisticsDraw(share=1.0, per_second=0.5, clock=lambda: now[0])
+    assert sum(slow.draw() for _ in range(10)) == 1  # below one a second: still one
     now[0] += 2
-    assert sum(slow.draw_statistics() for _ in range(10)) == 1
-    assert sum(DecodePool(statistics_share=1.0).draw_statistics() for _ in range(100)) == 100
-    pool.close(), slow.close()
+    assert sum(slow.draw() for _ in range(10)) == 1
+    assert sum(StatisticsDraw(share=1.0).draw() for _ in range(100)) == 100
+
+
+def test_admission_draws_the_statistics_within_the_pools_rate():
+    pool = DecodePool(statistics_share=1.0, statistics_per_second=10, clock=lambda: 100.0)
+    admitted = pool.admit(pool.open([png(32, 24)] * 30, PREPROCESSOR), 60.0)
+    for held in admitted:  # not decoded: give back what admission held
+        held.lane.release(held.estimate_s)
+    pool.close()
+    assert sum(held.statistics for held in admitted) == 10  # a second's worth, then none

@@ -6,7 +6,7 @@ The GPU machines this project is lent (docs/gpu.md) reach no package index. Thei
 holds PyTorch, torchvision, NumPy, SciPy, Pillow, Matplotlib and scikit-image (the test photos),
 not BentoML or the rest of what the service, `tests/gpu`, the bench and gpu-check.yml need. That
 rest is the closure of requirements.txt and of TOOLS below, at the versions this venv pins, less
-what the machine provides. This downloads each of them, without its dependencies (the closure
+what the machine provides and what is too large to carry (LEFT_OUT). This downloads each of them, without its dependencies (the closure
 lists them already), as a binary wheel for that Python on x86-64 Linux, through this machine's
 pip configuration. scripts/gpu-run installs them there.
 """
@@ -31,11 +31,15 @@ KIT = REPO / "var" / "gpu-kit"
 TOOLS = ("aiohttp", "httpx", "psutil", "pytest", "ansible-core")
 # On the GPU machine already, in builds matched to its CUDA: carried, they would replace them.
 PROVIDED = {"torch", "torchvision", "triton", "numpy", "scipy", "pillow", "matplotlib"}
+# Too large to carry: OpenCV's wheel alone is 61 MiB of the 64. Without it the service resamples
+# with Pillow (service/serving/preprocessing.py), the same pixels within 1 of 255, slower on the
+# CPU; JPEGs decoded on the GPU (jpeg_decode: device) are resampled there either way.
+LEFT_OUT = {"opencv-python-headless"}
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 
 def provided(name: str) -> bool:
-    return name in PROVIDED or name.startswith("nvidia-")
+    return name in PROVIDED or name in LEFT_OUT or name.startswith("nvidia-")
 
 
 def closure(roots: list[Requirement]) -> dict[str, str]:

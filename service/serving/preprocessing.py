@@ -270,7 +270,8 @@ def load_image(opened: OpenedImage) -> Image.Image:
     try:
         image.seek(0)  # GIF / multi-page TIFF: the first frame
         image.load()
-        image = ImageOps.exif_transpose(image)
+        # In place: otherwise Pillow returns a copy of every upright image (the most of them).
+        ImageOps.exif_transpose(image, in_place=True)
         return to_rgb(image)
     except ServiceError:
         raise

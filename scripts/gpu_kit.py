@@ -6,9 +6,10 @@ The GPU machines this project is lent (docs/gpu.md) reach no package index. Thei
 holds PyTorch, torchvision, NumPy, SciPy, Pillow, Matplotlib and scikit-image (the test photos),
 not BentoML or the rest of what the service, `tests/gpu`, the bench and gpu-check.yml need. That
 rest is the closure of requirements.txt and of TOOLS below, at the versions this venv pins, less
-what the machine provides and what is too large to carry (LEFT_OUT). This downloads each of them, without its dependencies (the closure
-lists them already), as a binary wheel for that Python on x86-64 Linux, through this machine's
-pip configuration. scripts/gpu-run installs them there.
+what the machine provides and what is too large to carry (LEFT_OUT). This downloads each of
+them, without its dependencies (the closure lists them already), as a binary wheel for that
+Python on x86-64 Linux, through this machine's pip configuration. scripts/gpu-run installs them
+there.
 """
 
 from __future__ import annotations

@@ -75,8 +75,9 @@ class Preprocessor:
         Pillow's bilinear filter widens with the scale when it shrinks (antialiasing, which
         torchvision's Resize does on PIL images too), and OpenCV's samples the 2 x 2 pixels
         around each point at any scale: the two agree (within 1 of 255) only where no side
-        shrinks. There OpenCV's resample takes 0.09-0.14 ms for a 320 x 240 photo against
-        Pillow's 0.62-0.67 (the 2-core CPU), so a box no larger than the output takes it."""
+        shrinks. There OpenCV's resample takes 0.13-0.15 ms for a 320 x 240 photo against
+        Pillow's 0.67-0.72, each with its copy to an array (the 2-core CPU;
+        docs/benchmark.md), so a box no larger than the output takes it."""
         box = self.crop_box(*image.size)
         no_side_shrinks = box[2] - box[0] <= self.input_size and box[3] - box[1] <= self.input_size
         if no_side_shrinks and cv2 is not None:

@@ -87,6 +87,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import httpx
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
@@ -317,6 +318,7 @@ class Server:
         compile_mode: str = "none",
         tree: Path = REPO,
         baseline: bool = False,
+        batch_cap: int | None = None,
     ):
         self.batching, self.compile = batching, compile_mode
         self.name = f"{compile_mode}, batching {'on' if batching else 'off'}"
@@ -326,6 +328,11 @@ class Server:
             "BENTO_FLEET_BATCHING__ENABLED": "true" if batching else "false",
             "BENTO_FLEET_COMPILE": compile_mode,
         }
+        if batch_cap is not None:  # fixed, not calibrated at start-up (--fixed-caps)
+            self.name += f", cap {batch_cap}"
+            env["BENTO_FLEET_BATCHING__CALIBRATE"] = "false"
+            env["BENTO_FLEET_BATCHING__MAX_BATCH_SIZE"] = str(batch_cap)
+        self.batching_card: dict = {}
         state = Path(tempfile.mkdtemp(prefix="bento-fleet-bench-"))
         self.process = ServiceProcess(state, env, cwd=tree)
 
@@ -333,6 +340,9 @@ class Server:
         # A compiled model compiles every batch shape before it is ready: minutes, cold.
         self.process.start(timeout_s=900)
         asyncio.run(closed_loop(self.process.url, uploads(), 4, 3))  # warm the HTTP path
+        # The cap it chose and the profile it chose it from: how many images a batch may hold
+        # moves what the served levels can reach (docs/benchmark.md).
+        self.batching_card = httpx.get(self.url + "/model", timeout=10).json()["batching"]
         return self
 
     @property
@@ -385,8 +395,6 @@ class Server:
         return ticks / os.sysconf("SC_CLK_TCK")
 
     def batch_totals(self) -> tuple[float, float]:
-        import httpx
-
         body = httpx.get(self.url + "/metrics", timeout=10).text
 
         def value(name: str) -> float:
@@ -1003,6 +1011,12 @@ def main() -> None:
         help="another checkout served beside this one's servers in every round (defaults)",
     )
     parser.add_argument(
+        "--fixed-caps",
+        metavar="N,N",
+        help="also serve this tree with the batch cap fixed at each N (not calibrated), "
+        "beside the calibrated server in every round",
+    )
+    parser.add_argument(
         "--workers", type=int, default=1, help="worker processes of every server (workers)"
     )
     parser.add_argument(
@@ -1074,6 +1088,9 @@ def main() -> None:
     servers += [Server(compile_mode=mode) for mode in compile_modes[1:]]
     if args.baseline_tree:
         servers.append(Server(tree=Path(args.baseline_tree), baseline=True))
+    if args.fixed_caps:
+        caps = [int(cap) for cap in args.fixed_caps.split(",")]
+        servers += [Server(compile_mode=compile_modes[0], batch_cap=cap) for cap in caps]
     runs = []
     try:
         for server in servers:  # inside: one that fails to start stops those already up
@@ -1134,6 +1151,7 @@ def main() -> None:
         "images_per_request": per_request,
         "architecture": args.architecture or "efficientnet_lite0 (embedded weights)",
         "ceilings": ceilings,
+        "servers": {server.name: {"batching": server.batching_card} for server in servers},
         "summary": rows,
         "runs": runs,
         "targets": {

@@ -22,7 +22,12 @@ import torchvision
 from ..errors import ServiceError
 from ..settings import DEFAULT_ARCHITECTURE, Settings
 from .device_decoding import EncodedJpeg, decode_batch
-from .folding import activations_in_place, fold_batch_norm, fold_symmetric_same_padding
+from .folding import (
+    activations_in_place,
+    fold_batch_norm,
+    fold_symmetric_same_padding,
+    fold_uneven_same_padding,
+)
 from .memory import retain_freed_memory
 from .preprocessing import Preprocessor
 
@@ -202,6 +207,9 @@ class Classifier:
         self.parameters = sum(p.numel() for p in module.parameters())  # as trained, unfolded
         module, self.folded_batch_norms = fold_batch_norm(module)
         self.activations_in_place = activations_in_place(module)
+        self.folded_uneven_paddings = (
+            fold_uneven_same_padding(module) if self.device.type == "cpu" else 0
+        )
         self.module = module.to(self.device, self.dtype, memory_format=MEMORY_FORMAT)
         self.compiled = settings.compile
         self.module = compile_module(
@@ -341,6 +349,7 @@ class Classifier:
             "parameters": self.parameters,
             "folded_batch_norms": self.folded_batch_norms,
             "activations_in_place": self.activations_in_place,
+            "folded_uneven_paddings": self.folded_uneven_paddings,
             "input_size": [3, self.preprocessor.input_size, self.preprocessor.input_size],
             "preprocessing": {
                 "resize_shorter_side": self.preprocessor.resize_size,

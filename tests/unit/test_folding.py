@@ -1,6 +1,7 @@
 """The model rewrites made at start (service/serving/folding.py) answer as the model they
 rewrite."""
 
+import copy
 import logging
 
 import pytest
@@ -8,7 +9,11 @@ import torch
 import torchvision
 from support import photo
 
-from service.serving.folding import activations_in_place, fold_batch_norm
+from service.serving.folding import (
+    activations_in_place,
+    fold_batch_norm,
+    fold_uneven_same_padding,
+)
 from service.serving.model import (
     DEFAULT_ARCHITECTURE,
     LITE_MEAN,
@@ -67,6 +72,63 @@ def test_the_folded_same_padding_answers_as_the_librarys_own_layers(lite, lite_i
     assert sum(layer.padding != (0, 0) for layer in layers) == 12
     with torch.inference_mode():
         assert torch.equal(lite(lite_input), as_published(lite_input))
+
+
+def test_the_uneven_same_padding_folds_into_a_longer_kernel_and_answers_bit_for_bit(
+    lite, lite_input
+):
+    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
+
+    folded = copy.deepcopy(lite)
+    assert fold_uneven_same_padding(folded) == 5
+    layers = [layer for layer in folded.modules() if isinstance(layer, Conv2dStaticSamePadding)]
+    assert not any(isinstance(layer.static_padding, torch.nn.ZeroPad2d) for layer in layers)
+    # The stem and three depthwise layers are 3x3, one depthwise layer 5x5: each a tap longer.
+    strided = [layer for layer in layers if tuple(layer.stride) == (2, 2)]
+    assert (
+        sorted(tuple(layer.weight.shape[-2:]) for layer in strided) == [(4, 4)] * 3 + [(6, 6)] * 2
+    )
+    assert all(layer.kernel_size == tuple(layer.weight.shape[-2:]) for layer in strided)
+    with torch.inference_mode():
+        assert torch.equal(folded(lite_input), lite(lite_input))
+
+
+@pytest.mark.parametrize(
+    ("padding", "size"),
+    [((0, 1, 0, 1), 224), ((1, 2, 1, 2), 31), ((1, 1, 0, 1), 30), ((0, 1, 2, 2), 17)],
+)
+def test_an_uneven_padding_folds_on_each_axis_at_any_input_size(padding, size):
+    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
+
+    torch.manual_seed(0)
+    layer = Conv2dStaticSamePadding(4, 6, kernel_size=3, stride=2, image_size=size).eval()
+    layer.static_padding = torch.nn.ZeroPad2d(padding)
+    folded = copy.deepcopy(layer)
+    assert fold_uneven_same_padding(folded) == 1
+    x = torch.randn(2, 4, size, size)
+    with torch.inference_mode():
+        expected, got = layer(x), folded(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("padding", [(0, 2, 0, 2), (1, 0, 1, 0), (0, 1, 0, 3)])
+def test_a_padding_no_longer_kernel_can_say_is_left_as_it_is(padding):
+    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
+
+    layer = Conv2dStaticSamePadding(4, 6, kernel_size=3, stride=2, image_size=32).eval()
+    layer.static_padding = torch.nn.ZeroPad2d(padding)
+    assert fold_uneven_same_padding(layer) == 0
+    assert isinstance(layer.static_padding, torch.nn.ZeroPad2d)
+    assert tuple(layer.weight.shape[-2:]) == (3, 3)
+
+
+def test_a_dilated_uneven_padding_is_left_as_it_is():
+    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
+
+    layer = Conv2dStaticSamePadding(4, 6, kernel_size=3, stride=2, image_size=32, dilation=2)
+    layer.static_padding = torch.nn.ZeroPad2d((1, 2, 1, 2))
+    assert fold_uneven_same_padding(layer.eval()) == 0
 
 
 def test_every_batch_norm_of_efficientnet_lite_is_folded_and_answers_alike(lite, lite_input):

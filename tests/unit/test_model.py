@@ -59,6 +59,7 @@ def test_model_card(default_classifier):
     )
     assert 4_000_000 < card["parameters"] < 6_000_000  # as trained: before the fold
     assert (card["folded_batch_norms"], card["activations_in_place"]) == (49, 17)  # folding.py
+    assert card["folded_uneven_paddings"] == 5  # the stride-2 layers, on the CPU only
     assert card["preprocessing"]["mean"] == [127.0] * 3  # EfficientNet-Lite's own, not ImageNet's
     assert default_classifier.ready
 

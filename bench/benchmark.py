@@ -1008,7 +1008,8 @@ def main() -> None:
     parser.add_argument("--server-tree", default=str(REPO), help="the checkout to serve")
     parser.add_argument(
         "--baseline-tree",
-        help="another checkout served beside this one's servers in every round (defaults)",
+        help="another checkout served beside this one's servers in every round (batching on, "
+        "the first --compile setting)",
     )
     parser.add_argument(
         "--fixed-caps",
@@ -1087,7 +1088,10 @@ def main() -> None:
     servers = [Server(compile_mode=compile_modes[0]), Server(batching=False)]
     servers += [Server(compile_mode=mode) for mode in compile_modes[1:]]
     if args.baseline_tree:
-        servers.append(Server(tree=Path(args.baseline_tree), baseline=True))
+        baseline = Server(
+            compile_mode=compile_modes[0], tree=Path(args.baseline_tree), baseline=True
+        )
+        servers.append(baseline)
     if args.fixed_caps:
         caps = [int(cap) for cap in args.fixed_caps.split(",")]
         servers += [Server(compile_mode=compile_modes[0], batch_cap=cap) for cap in caps]

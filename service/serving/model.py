@@ -119,8 +119,8 @@ def compile_module(
     if how == "inductor" and device.type == "cpu":
         # Freezing: the weights become constants of the graph, so inductor folds them and runs
         # each convolution with its activation (or its residual add) as one oneDNN call, its
-        # weights packed once. On a 2-core CPU EfficientNet-Lite0 took 10-30% less an image
-        # than eager and 8-20% less than inductor without it (docs/serving.md). Set for the
+        # weights packed once. On a 2-core CPU EfficientNet-Lite0 took 7-20% less an image
+        # than inductor without it at batches of 8 and 16, more at 1 (docs/serving.md). Set for the
         # process, not passed in torch.compile's `options`, which inductor reads too late for
         # this one (the graph came out unfrozen); a worker's models all share its device.
         # Not on CUDA, where it is not measured.

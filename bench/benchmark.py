@@ -1090,10 +1090,8 @@ def main() -> None:
     servers = [Server(compile_mode=compile_modes[0]), Server(batching=False)]
     servers += [Server(compile_mode=mode) for mode in compile_modes[1:]]
     if args.baseline_tree:
-        baseline = Server(
-            compile_mode=compile_modes[0], tree=Path(args.baseline_tree), baseline=True
-        )
-        servers.append(baseline)
+        tree = Path(args.baseline_tree)
+        servers.append(Server(compile_mode=compile_modes[0], tree=tree, baseline=True))
     if args.fixed_caps:
         caps = [int(cap) for cap in args.fixed_caps.split(",")]
         servers += [Server(compile_mode=compile_modes[0], batch_cap=cap) for cap in caps]

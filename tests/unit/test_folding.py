@@ -93,16 +93,22 @@ def test_the_uneven_same_padding_folds_into_a_longer_kernel_and_answers_bit_for_
         assert torch.equal(folded(lite_input), lite(lite_input))
 
 
+def strided_layer(padding, size, **kwargs):
+    """A stride-2 "SAME" layer of efficientnet_lite_pytorch with the given ZeroPad2d."""
+    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
+
+    layer = Conv2dStaticSamePadding(4, 6, kernel_size=3, stride=2, image_size=size, **kwargs)
+    layer.static_padding = torch.nn.ZeroPad2d(padding)
+    return layer.eval()
+
+
 @pytest.mark.parametrize(
     ("padding", "size"),
     [((0, 1, 0, 1), 224), ((1, 2, 1, 2), 31), ((1, 1, 0, 1), 30), ((0, 1, 2, 2), 17)],
 )
 def test_an_uneven_padding_folds_on_each_axis_at_any_input_size(padding, size):
-    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
-
     torch.manual_seed(0)
-    layer = Conv2dStaticSamePadding(4, 6, kernel_size=3, stride=2, image_size=size).eval()
-    layer.static_padding = torch.nn.ZeroPad2d(padding)
+    layer = strided_layer(padding, size)
     folded = copy.deepcopy(layer)
     assert fold_uneven_same_padding(folded) == 1
     x = torch.randn(2, 4, size, size)
@@ -114,21 +120,15 @@ def test_an_uneven_padding_folds_on_each_axis_at_any_input_size(padding, size):
 
 @pytest.mark.parametrize("padding", [(0, 2, 0, 2), (1, 0, 1, 0), (0, 1, 0, 3)])
 def test_a_padding_no_longer_kernel_can_say_is_left_as_it_is(padding):
-    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
-
-    layer = Conv2dStaticSamePadding(4, 6, kernel_size=3, stride=2, image_size=32).eval()
-    layer.static_padding = torch.nn.ZeroPad2d(padding)
+    layer = strided_layer(padding, 32)
     assert fold_uneven_same_padding(layer) == 0
     assert isinstance(layer.static_padding, torch.nn.ZeroPad2d)
     assert tuple(layer.weight.shape[-2:]) == (3, 3)
 
 
 def test_a_dilated_uneven_padding_is_left_as_it_is():
-    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
-
-    layer = Conv2dStaticSamePadding(4, 6, kernel_size=3, stride=2, image_size=32, dilation=2)
-    layer.static_padding = torch.nn.ZeroPad2d((1, 2, 1, 2))
-    assert fold_uneven_same_padding(layer.eval()) == 0
+    layer = strided_layer((1, 2, 1, 2), 32, dilation=2)
+    assert fold_uneven_same_padding(layer) == 0
 
 
 def test_every_batch_norm_of_efficientnet_lite_is_folded_and_answers_alike(lite, lite_input):

@@ -60,6 +60,7 @@ def test_the_folds_in_float16_answer_as_the_model_left_as_it_was(on_gpu):
 
     assert (on_gpu.folded_batch_norms, on_gpu.activations_in_place) == (49, 17)
     assert on_gpu.folded_uneven_paddings == 0  # on the CPU only (folding.py)
+    assert on_gpu.fused_convolutions == 0  # oneDNN's: on the CPU only
     as_loaded = build_module(on_gpu.architecture, on_gpu.weights_path, len(on_gpu.labels))
     as_loaded = as_loaded.to("cuda", torch.float16, memory_format=torch.channels_last)
     pixels = torch.stack([on_gpu.preprocessor(photo(name))[0] for name in PHOTOS]).cuda()

@@ -10,9 +10,11 @@ import torchvision
 from support import photo
 
 from service.serving.folding import (
+    OneDnnConvolution,
     activations_in_place,
     fold_batch_norm,
     fold_uneven_same_padding,
+    fuse_convolution_post_ops,
 )
 from service.serving.model import (
     DEFAULT_ARCHITECTURE,
@@ -312,3 +314,180 @@ def test_an_activation_whose_input_is_read_elsewhere_stays_out_of_place(model):
         assert activations_in_place(module) == 0 and in_place(module) == []
         kept = x.clone()
         assert torch.equal(module(kept), expected) and torch.equal(kept, x)
+
+
+def served_on_the_cpu(module: torch.nn.Module) -> torch.nn.Module:
+    """The model as a CPU worker has it before the fusion: folded, in place, channels_last."""
+    module, _ = fold_batch_norm(module)
+    activations_in_place(module)
+    fold_uneven_same_padding(module)
+    return module.to(memory_format=torch.channels_last)
+
+
+def nhwc(*shape: int, seed: int = 5) -> torch.Tensor:
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def fused_layers(module: torch.nn.Module) -> list[OneDnnConvolution]:
+    return [layer for layer in module.modules() if isinstance(layer, OneDnnConvolution)]
+
+
+def test_efficientnet_lites_convolutions_run_with_their_relu6_or_residual_add(lite, lite_input):
+    served = served_on_the_cpu(copy.deepcopy(lite))
+    fused, count = fuse_convolution_post_ops(served, nhwc(1, 3, 224, 224))
+    # Each block's expand and depthwise convolution with its ReLU6 (the stem and head too:
+    # 33), and the nine projections whose block adds its input back.
+    layers = fused_layers(fused)
+    assert count == len(layers) == 42
+    assert [layer.activation for layer in layers].count("hardtanh") == 33
+    assert sum(layer.adds_residual for layer in layers) == 9
+    assert fused_layers(served) == []  # the model it was given is left as it was
+    x = lite_input.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected, got = served(x), fused(x)
+        for batch in (x[:1], x[:3]):  # oneDNN takes any batch size, packed for one
+            torch.testing.assert_close(fused(batch), served(batch), rtol=0, atol=1e-5)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert torch.equal(got.argmax(dim=1), expected.argmax(dim=1))
+
+
+def test_a_torchvision_resnet_fuses_its_relus_and_its_residual_adds_with_the_relu_after():
+    resnet = served_on_the_cpu(randomise_batch_norms(torchvision.models.resnet18(num_classes=10)))
+    fused, count = fuse_convolution_post_ops(resnet, nhwc(1, 3, 64, 64))
+    layers = fused_layers(fused)
+    # The stem and each block's first convolution with their ReLU (9); each block's add, with
+    # the ReLU after it, runs in its second convolution, or in its downsampling one where
+    # that is computed after the second (8).
+    assert count == 17
+    assert sum(layer.adds_residual and layer.activation == "relu" for layer in layers) == 8
+    x = nhwc(2, 3, 64, 64, seed=6)
+    with torch.inference_mode():
+        expected, got = resnet(x), fused(x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize(
+    "activation",
+    [
+        torch.nn.ReLU(),
+        torch.nn.ReLU6(),
+        torch.nn.Hardtanh(-0.5, 2.0),
+        torch.nn.SiLU(),
+        torch.nn.Hardswish(),
+        torch.nn.Hardsigmoid(),
+        torch.nn.Sigmoid(),
+        torch.nn.Tanh(),
+    ],
+    ids=lambda activation: type(activation).__name__,
+)
+def test_each_activation_onednn_knows_runs_in_the_convolution(activation):
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), activation).eval()
+    module = module.to(memory_format=torch.channels_last)
+    fused, count = fuse_convolution_post_ops(module, nhwc(1, 3, 16, 16))
+    assert count == 1 and not any(type(layer) is type(activation) for layer in fused.modules())
+    x = nhwc(3, 3, 16, 16, seed=7)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), module(x), rtol=0, atol=1e-5)
+
+
+class Residual(torch.nn.Module):
+    """conv(x) + what `other` makes of x; `other_first` computes that before the convolution."""
+
+    def __init__(self, other, other_first=True, conv=None):
+        super().__init__()
+        self.conv = conv or torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.other, self.other_first = other, other_first
+
+    def forward(self, x):
+        if self.other_first:
+            other = self.other(x)
+            return self.conv(x) + other
+        y = self.conv(x)
+        return y + self.other(x)
+
+
+class ConvAlsoReturned(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act = torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU()
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.act(y), y
+
+
+class ConvAtTwoPlaces(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act = torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.conv(x)) * self.conv(x)
+
+
+class PaddedItself(torch.nn.Conv2d):
+    """A subclass of Conv2d whose forward does more than conv2d."""
+
+    def forward(self, x):
+        return super().forward(torch.nn.functional.pad(x, (1, 0, 1, 0)))
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        lambda: Residual(lambda x: x * 2, other_first=False),  # computed after the convolution
+        lambda: Residual(lambda x: x.mean(dim=(2, 3), keepdim=True)),  # would broadcast
+        lambda: Residual(torch.nn.Identity(), conv=torch.nn.Conv2d(4, 4, 3, padding="same")),
+        lambda: Residual(
+            torch.nn.Identity(), conv=torch.nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect")
+        ),
+        lambda: Residual(torch.nn.Identity(), conv=PaddedItself(4, 4, 2)),
+        ConvAlsoReturned,
+        ConvAtTwoPlaces,
+        lambda: torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3), torch.nn.LeakyReLU()),
+    ],
+    ids=[
+        "residual-after",
+        "broadcast",
+        "padding-same",
+        "padding-reflect",
+        "conv-subclass",
+        "read-twice",
+        "called-twice",
+        "not-a-post-op",
+    ],
+)
+def test_a_convolution_onednn_cannot_take_with_its_reader_is_left_as_it_is(model):
+    module = model().eval().to(memory_format=torch.channels_last)
+    fused, count = fuse_convolution_post_ops(module, nhwc(1, 4, 8, 8))
+    assert count == 0 and fused is module
+
+
+def test_a_fused_model_that_answers_otherwise_is_not_used(monkeypatch, caplog):
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()).eval()
+    monkeypatch.setattr(OneDnnConvolution, "forward", lambda self, x, residual=None: x[:, :1] * 0)
+    with caplog.at_level(logging.WARNING, logger="service.serving.folding"):
+        fused, count = fuse_convolution_post_ops(module, nhwc(1, 3, 8, 8))
+    assert count == 0 and fused is module
+    assert "convolutions left unfused: the fused model answered otherwise" in caplog.text
+
+
+def test_a_fused_model_that_fails_is_not_used(monkeypatch, caplog):
+    def fails(self, x, residual=None):
+        raise RuntimeError("mkldnn: no such post-op")
+
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()).eval()
+    monkeypatch.setattr(OneDnnConvolution, "forward", fails)
+    with caplog.at_level(logging.WARNING, logger="service.serving.folding"):
+        fused, count = fuse_convolution_post_ops(module, nhwc(1, 3, 8, 8))
+    assert count == 0 and fused is module
+    assert "oneDNN's fused convolution failed: mkldnn: no such post-op" in caplog.text
+
+
+def test_a_model_fx_cannot_trace_is_served_unfused(caplog):
+    module = BranchesOnItsInput().eval()
+    with caplog.at_level(logging.WARNING, logger="service.serving.folding"):
+        fused, count = fuse_convolution_post_ops(module, nhwc(1, 3, 8, 8))
+    assert count == 0 and fused is module
+    assert "convolutions left unfused: torch.fx cannot trace the model" in caplog.text

@@ -61,6 +61,7 @@ def test_model_card(default_classifier):
     assert 4_000_000 < card["parameters"] < 6_000_000  # as trained: before the fold
     assert (card["folded_batch_norms"], card["activations_in_place"]) == (49, 17)  # folding.py
     assert card["folded_uneven_paddings"] == 5  # the stride-2 layers, on the CPU only
+    assert card["fused_convolutions"] == 42  # with their ReLU6 or residual add: CPU, eager
     assert card["preprocessing"]["mean"] == [127.0] * 3  # EfficientNet-Lite's own, not ImageNet's
     assert default_classifier.ready
 
@@ -133,6 +134,8 @@ def test_a_compiled_model_answers_as_the_eager_one_and_keeps_its_kernels(tmp_pat
     assert [compiled.run_size(n) for n in (1, 3, 5, 17)] == [1, 4, 8, 32]
     assert compiled.sizes_to_warm(8) == (1, 2, 4, 8)
     assert compiled.card()["compile"] == "inductor" and eager.card()["compile"] == "none"
+    # Compiled, inductor fuses the convolutions itself (below), from the model as it was.
+    assert (compiled.card()["fused_convolutions"], eager.card()["fused_convolutions"]) == (0, 17)
     pixels = torch.stack([eager.preprocessor(photo(n))[0] for n in ("coffee.png", "rocket.jpg")])
     fused_before = counters["inductor"]["mkldnn_unary_fusion_matcher_count"]
     packed_before = counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"]

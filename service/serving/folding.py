@@ -328,8 +328,28 @@ def fuse_convolution_post_ops(
         log.warning("convolutions left unfused: torch.fx cannot trace the model: %s", exc)
         return module, 0
     fused = torch.fx.GraphModule(module, graph)  # new parents: `module` is left as it is
-    with torch.inference_mode():
-        ShapeProp(fused).propagate(example)  # each node's output, in node.meta["tensor_meta"]
+    try:
+        with torch.inference_mode():
+            ShapeProp(fused).propagate(example)  # each node's output: node.meta["tensor_meta"]
+        count = _fuse_in_place(fused)  # not in inference mode: its weights outlive it
+        if not count:
+            return module, 0
+        with torch.inference_mode():
+            expected, got = module(example), fused(example)
+        close = torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    except RuntimeError as exc:  # packing the weights, or a fused call
+        log.warning("convolutions left unfused: oneDNN's fused convolution failed: %s", exc)
+        return module, 0
+    if not close:
+        log.warning("convolutions left unfused: the fused model answered otherwise")
+        return module, 0
+    return fused, count
+
+
+def _fuse_in_place(fused: torch.fx.GraphModule) -> int:
+    """fuse_convolution_post_ops's rewrite of a traced model whose nodes carry their shapes;
+    how many convolutions it fused."""
+    graph = fused.graph
     layers = dict(fused.named_modules())
     calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
     order = {node: position for position, node in enumerate(graph.nodes)}
@@ -342,6 +362,7 @@ def fuse_convolution_post_ops(
             and len(node.users) == 1
             and len(node.args) == 1
             and not node.kwargs
+            and isinstance(node.args[0], torch.fx.Node)
             and "tensor_meta" in node.args[0].meta
         ):
             continue
@@ -366,18 +387,7 @@ def fuse_convolution_post_ops(
         for erased in dict.fromkeys((last, reader)):  # the last reader first: it reads the other
             graph.erase_node(erased)
         count += 1
-    if not count:
-        return module, 0
-    fused.delete_all_unused_submodules()
-    fused.recompile()
-    try:
-        with torch.inference_mode():
-            expected, got = module(example), fused(example)
-        close = torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
-    except RuntimeError as exc:
-        log.warning("convolutions left unfused: oneDNN's fused convolution failed: %s", exc)
-        return module, 0
-    if not close:
-        log.warning("convolutions left unfused: the fused model answered otherwise")
-        return module, 0
-    return fused, count
+    if count:
+        fused.delete_all_unused_submodules()
+        fused.recompile()
+    return count

@@ -485,6 +485,18 @@ def test_a_fused_model_that_fails_is_not_used(monkeypatch, caplog):
     assert "oneDNN's fused convolution failed: mkldnn: no such post-op" in caplog.text
 
 
+def test_weights_onednn_cannot_pack_leave_the_model_as_it_was(monkeypatch, caplog):
+    def cannot_pack(self, *args):
+        raise RuntimeError("mkldnn: no reorder for this convolution")
+
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()).eval()
+    monkeypatch.setattr(OneDnnConvolution, "__init__", cannot_pack)
+    with caplog.at_level(logging.WARNING, logger="service.serving.folding"):
+        fused, count = fuse_convolution_post_ops(module, nhwc(1, 3, 8, 8))
+    assert count == 0 and fused is module
+    assert "no reorder for this convolution" in caplog.text
+
+
 def test_a_model_fx_cannot_trace_is_served_unfused(caplog):
     module = BranchesOnItsInput().eval()
     with caplog.at_level(logging.WARNING, logger="service.serving.folding"):

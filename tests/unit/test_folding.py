@@ -464,37 +464,43 @@ def test_a_convolution_onednn_cannot_take_with_its_reader_is_left_as_it_is(model
     assert count == 0 and fused is module
 
 
-def test_a_fused_model_that_answers_otherwise_is_not_used(monkeypatch, caplog):
+def raises(message):
+    def method(self, *args, **kwargs):
+        raise RuntimeError(message)
+
+    return method
+
+
+@pytest.mark.parametrize(
+    ("method", "replacement", "logged"),
+    [
+        (
+            "forward",
+            lambda self, x, residual=None: x[:, :1] * 0,
+            "convolutions left unfused: the fused model answered otherwise",
+        ),
+        (
+            "forward",
+            raises("mkldnn: no such post-op"),
+            "oneDNN's fused convolution failed: mkldnn: no such post-op",
+        ),
+        (
+            "__init__",
+            raises("mkldnn: no reorder for this convolution"),
+            "oneDNN's fused convolution failed: mkldnn: no reorder for this convolution",
+        ),
+    ],
+    ids=["answers-otherwise", "fails", "cannot-pack"],
+)
+def test_a_fused_model_that_fails_its_check_leaves_the_model_as_it_was(
+    monkeypatch, caplog, method, replacement, logged
+):
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()).eval()
-    monkeypatch.setattr(OneDnnConvolution, "forward", lambda self, x, residual=None: x[:, :1] * 0)
+    monkeypatch.setattr(OneDnnConvolution, method, replacement)
     with caplog.at_level(logging.WARNING, logger="service.serving.folding"):
         fused, count = fuse_convolution_post_ops(module, nhwc(1, 3, 8, 8))
     assert count == 0 and fused is module
-    assert "convolutions left unfused: the fused model answered otherwise" in caplog.text
-
-
-def test_a_fused_model_that_fails_is_not_used(monkeypatch, caplog):
-    def fails(self, x, residual=None):
-        raise RuntimeError("mkldnn: no such post-op")
-
-    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()).eval()
-    monkeypatch.setattr(OneDnnConvolution, "forward", fails)
-    with caplog.at_level(logging.WARNING, logger="service.serving.folding"):
-        fused, count = fuse_convolution_post_ops(module, nhwc(1, 3, 8, 8))
-    assert count == 0 and fused is module
-    assert "oneDNN's fused convolution failed: mkldnn: no such post-op" in caplog.text
-
-
-def test_weights_onednn_cannot_pack_leave_the_model_as_it_was(monkeypatch, caplog):
-    def cannot_pack(self, *args):
-        raise RuntimeError("mkldnn: no reorder for this convolution")
-
-    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()).eval()
-    monkeypatch.setattr(OneDnnConvolution, "__init__", cannot_pack)
-    with caplog.at_level(logging.WARNING, logger="service.serving.folding"):
-        fused, count = fuse_convolution_post_ops(module, nhwc(1, 3, 8, 8))
-    assert count == 0 and fused is module
-    assert "no reorder for this convolution" in caplog.text
+    assert logged in caplog.text
 
 
 def test_a_model_fx_cannot_trace_is_served_unfused(caplog):

@@ -198,13 +198,17 @@ def activations_in_place(module: torch.nn.Module) -> int:
     return changed
 
 
+def _hardtanh(layer: torch.nn.Hardtanh) -> tuple[str, list[float]]:
+    return "hardtanh", [layer.min_val, layer.max_val]
+
+
 # What oneDNN can run as a post-op of a convolution: each activation module's name there and
 # its arguments (the names torch's inductor uses when it freezes a graph). By exact class: a
 # subclass may compute something else in its forward.
 _POST_OPS = {
     torch.nn.ReLU: lambda layer: ("relu", []),
-    torch.nn.Hardtanh: lambda layer: ("hardtanh", [layer.min_val, layer.max_val]),
-    torch.nn.ReLU6: lambda layer: ("hardtanh", [layer.min_val, layer.max_val]),
+    torch.nn.Hardtanh: _hardtanh,
+    torch.nn.ReLU6: _hardtanh,  # a Hardtanh(0, 6)
     torch.nn.SiLU: lambda layer: ("swish", []),
     torch.nn.Hardswish: lambda layer: ("hardswish", []),
     torch.nn.Hardsigmoid: lambda layer: ("hardsigmoid", []),

@@ -15,6 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torchvision
@@ -173,6 +174,29 @@ def build_module(architecture: str, weights: Path, num_classes: int) -> torch.nn
     return module.eval()
 
 
+class Rewrites(NamedTuple):
+    """How many of each rewrite `rewritten_for` made (the model card's counts)."""
+
+    folded_batch_norms: int
+    activations_in_place: int
+    folded_uneven_paddings: int
+
+
+def rewritten_for(
+    module: torch.nn.Module, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.nn.Module, Rewrites]:
+    """The trained model as a worker on `device` runs it, before any fusion or compile: batch
+    norms folded, activations in place, the uneven padding folded (on the CPU only; see
+    fold_uneven_same_padding), on the device in `dtype`, channels_last."""
+    module, folded_batch_norms = fold_batch_norm(module)
+    rewrites = Rewrites(
+        folded_batch_norms,
+        activations_in_place(module),
+        fold_uneven_same_padding(module) if device.type == "cpu" else 0,
+    )
+    return module.to(device, dtype, memory_format=MEMORY_FORMAT), rewrites
+
+
 class ModelOutputError(RuntimeError):
     """The forward pass ran but its output is not a probability distribution."""
 
@@ -220,12 +244,8 @@ class Classifier:
         started = time.perf_counter()
         module = build_module(cfg.architecture, self.weights_path, len(self.labels))
         self.parameters = sum(p.numel() for p in module.parameters())  # as trained, unfolded
-        module, self.folded_batch_norms = fold_batch_norm(module)
-        self.activations_in_place = activations_in_place(module)
-        self.folded_uneven_paddings = (
-            fold_uneven_same_padding(module) if self.device.type == "cpu" else 0
-        )
-        self.module = module.to(self.device, self.dtype, memory_format=MEMORY_FORMAT)
+        self.module, rewrites = rewritten_for(module, self.device, self.dtype)
+        self.folded_batch_norms, self.activations_in_place, self.folded_uneven_paddings = rewrites
         self.compiled = settings.compile
         self.fused_convolutions = 0
         if self.device.type == "cpu" and self.dtype == torch.float32 and self.compiled == "none":

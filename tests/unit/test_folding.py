@@ -22,6 +22,7 @@ from service.serving.model import (
     LITE_STD,
     build_module,
     default_weights_path,
+    rewritten_for,
 )
 from service.serving.preprocessing import Preprocessor
 
@@ -317,11 +318,8 @@ def test_an_activation_whose_input_is_read_elsewhere_stays_out_of_place(model):
 
 
 def served_on_the_cpu(module: torch.nn.Module) -> torch.nn.Module:
-    """The model as a CPU worker has it before the fusion: folded, in place, channels_last."""
-    module, _ = fold_batch_norm(module)
-    activations_in_place(module)
-    fold_uneven_same_padding(module)
-    return module.to(memory_format=torch.channels_last)
+    """The model as a CPU worker has it before the fusion."""
+    return rewritten_for(module, torch.device("cpu"), torch.float32)[0]
 
 
 def nhwc(*shape: int, seed: int = 5) -> torch.Tensor:

@@ -10,6 +10,14 @@ The queue is bounded twice: by count (max_queue_size images waiting or running) 
 max_latency_ms). Beyond either bound a request is refused at once with 503 and Retry-After, so
 overload never turns into hangs or timeouts, and every admitted request is answered.
 
+The estimate is the recent batches' seconds over their images (both sums decayed by batch),
+not an average of each batch's seconds an image: the queue drains at the first rate. Under a
+closed loop the batches can alternate, 29 images then 3 (the 3 that arrived while the 29 ran,
+then the 29 answered meanwhile), and the small batch costs four times as much an image while
+the stack takes in the next burst. Averaged by batch, those small batches counted as much as
+the large ones and lifted the estimate to 50-75 ms an image where the queue drained at 19:
+32 queued images then looked like more than 2 s, and were refused.
+
 A request's images count from the moment it is admitted, not from the moment their tensors
 arrive: `reserve` holds their places while they decode (decoding a large batch takes longer
 than the model does), and `submit(..., reserved=True)` turns the places into queue entries
@@ -87,6 +95,7 @@ class AdaptiveBatcher:
         # another, never interleaved.
         self._executor = model_executor()
         self.seconds_per_image: float | None = None  # running estimate, for admission
+        self._recent_seconds = self._recent_images = 0.0  # its sums, decayed by batch
 
     @property
     def pending(self) -> int:
@@ -105,6 +114,7 @@ class AdaptiveBatcher:
     def calibrate(self, seconds_per_image: float) -> None:
         """Seed the cost estimate (from warm-up) so admission is right from the first request."""
         self.seconds_per_image = seconds_per_image
+        self._recent_seconds, self._recent_images = seconds_per_image, 1.0
 
     def expected_wait(self, extra: int = 1) -> float:
         if self.seconds_per_image is None:
@@ -167,7 +177,7 @@ class AdaptiveBatcher:
             finally:
                 self._running = 0
             elapsed = time.perf_counter() - started
-            self._update_estimate(elapsed / len(batch))
+            self._update_estimate(elapsed, len(batch))
             for job, row in zip(batch, rows, strict=True):
                 if job.future.done():
                     continue
@@ -180,11 +190,12 @@ class AdaptiveBatcher:
                     BatchStats(len(batch), elapsed, [started - job.enqueued for job in batch])
                 )
 
-    def _update_estimate(self, seconds_per_image: float) -> None:
-        previous = self.seconds_per_image
-        self.seconds_per_image = (
-            seconds_per_image if previous is None else 0.8 * previous + 0.2 * seconds_per_image
-        )
+    def _update_estimate(self, seconds: float, images: int) -> None:
+        """Fold one batch into the estimate: each older batch counts 0.8 as much as the one
+        after it, and every image counts alike (the module's docstring says why)."""
+        self._recent_seconds = 0.8 * self._recent_seconds + seconds
+        self._recent_images = 0.8 * self._recent_images + images
+        self.seconds_per_image = self._recent_seconds / self._recent_images
 
     async def close(self) -> None:
         # The model thread is the process's, shared by every batcher: it is left running.

@@ -129,6 +129,27 @@ def test_expected_wait_beyond_max_latency_is_refused():
     asyncio.run(scenario())
 
 
+def test_the_cost_estimate_is_the_rate_the_queue_drains_at_not_an_average_of_batches():
+    # Served under a closed loop, batches alternated 29 and 3 images; the small ones cost four
+    # times as much an image, and averaged by batch they lifted the estimate to 50-75 ms an
+    # image where the queue drained at 19, so 32 queued images were refused (batching.py).
+    model = RecordingModel(seconds_per_batch=0.04)  # 5 ms an image in 8, 40 ms alone
+
+    async def scenario():
+        batcher = make(model)
+        batcher.calibrate(0.005)
+        for _ in range(4):
+            await batcher.submit(items(8))
+            await batcher.submit(items(1))
+        return batcher
+
+    batcher = asyncio.run(scenario())
+    assert model.batches == [8, 1] * 4
+    drained = 8 * 0.04 / (4 * 9)  # seconds an image: 8.9 ms
+    assert drained <= batcher.seconds_per_image < 1.6 * drained  # averaged by batch: 2.6 x
+    assert batcher.expected_wait(9) < 0.13  # 9 images queue for some 80 ms, not 0.2 s
+
+
 def test_model_failure_reaches_every_request_of_the_batch_and_the_batcher_goes_on():
     model = RecordingModel(0.01, fail=True)
 

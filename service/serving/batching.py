@@ -94,8 +94,14 @@ class AdaptiveBatcher:
         # One thread runs every model (model_thread.py says why): batches run one after
         # another, never interleaved.
         self._executor = model_executor()
-        self.seconds_per_image: float | None = None  # running estimate, for admission
-        self._recent_seconds = self._recent_images = 0.0  # its sums, decayed by batch
+        self._recent_seconds = self._recent_images = 0.0  # the batches', decayed by batch
+
+    @property
+    def seconds_per_image(self) -> float | None:
+        """The running estimate of the cost an image, for admission; None before any."""
+        if not self._recent_images:
+            return None
+        return self._recent_seconds / self._recent_images
 
     @property
     def pending(self) -> int:
@@ -113,13 +119,13 @@ class AdaptiveBatcher:
 
     def calibrate(self, seconds_per_image: float) -> None:
         """Seed the cost estimate (from warm-up) so admission is right from the first request."""
-        self.seconds_per_image = seconds_per_image
         self._recent_seconds, self._recent_images = seconds_per_image, 1.0
 
     def expected_wait(self, extra: int = 1) -> float:
-        if self.seconds_per_image is None:
+        seconds_per_image = self.seconds_per_image
+        if seconds_per_image is None:
             return 0.0
-        return (self.pending + extra) * self.seconds_per_image
+        return (self.pending + extra) * seconds_per_image
 
     def check_admission(self, count: int = 1) -> None:
         """Raise 503 if `count` more images would overflow the queue; cheap, call it early."""
@@ -195,7 +201,6 @@ class AdaptiveBatcher:
         after it, and every image counts alike (the module's docstring says why)."""
         self._recent_seconds = 0.8 * self._recent_seconds + seconds
         self._recent_images = 0.8 * self._recent_images + images
-        self.seconds_per_image = self._recent_seconds / self._recent_images
 
     async def close(self) -> None:
         # The model thread is the process's, shared by every batcher: it is left running.
